@@ -1,0 +1,446 @@
+"""The one module that reads and rewrites Keras graphs (spec §3).
+
+It finds the quantizable layers of a Sequential or functional model, locates each layer's
+activation tensor, and builds the quantized model: a clone with a ``FixedPointQuantizer`` at
+every activation point and weights/biases that can be swapped for quantized copies in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import keras
+import numpy as np
+
+from optsearch.errors import ModelError
+from optsearch.fixedpoint import Format, OffsetRule, largest_magnitude, quantize, start_format
+from optsearch.quantizer_layer import FixedPointQuantizer
+from optsearch.tensors import TensorId, TensorKind
+
+ActivationPoint = Literal["activation", "chain_end"]
+ACTIVATION_POINTS: tuple[ActivationPoint, ...] = ("activation", "chain_end")
+
+#: Layers whose weights, biases and activations the search quantizes (spec §3).
+QUANTIZABLE_CLASSES = (
+    "Dense",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+)
+#: Activation layers: the activation tensor of a layer is taken right after the first one of these.
+ACTIVATION_CLASSES = ("ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "Activation")
+#: Single-input element-wise layers (at inference) that the search looks through for an activation.
+ELEMENTWISE_CLASSES = (
+    "BatchNormalization",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "Identity",
+)
+#: Layers with weights that stay in float, as in the paper (spec §3).
+FLOAT_WEIGHT_CLASSES = (
+    "BatchNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "UnitNormalization",
+    "Normalization",
+    "PReLU",
+)
+QUANTIZER_SUFFIX = "_act_quant"
+SOFTMAX_SUFFIX = "_softmax"
+
+
+@dataclass(frozen=True)
+class QuantizableLayer:
+    """A layer ``l`` with weights, its tensors ``W_l``, ``B_l``, ``A_l`` and the sizes the costs need."""
+
+    index: int
+    """Position ``l`` in 1..L (the order of ``model.layers``)."""
+    name: str
+    class_name: str
+    activation_at: str
+    """Name of the layer whose output is ``A_l`` (the layer itself, or an activation layer after it)."""
+    split_softmax: bool
+    """True when the layer has a built-in softmax: it is split so that ``A_l`` are the logits."""
+    kernel_names: tuple[str, ...]
+    has_bias: bool
+    weight_count: int
+    bias_count: int
+    activation_count: int
+    """Values of ``A_l`` per sample."""
+    macs: int
+    """Multiply-accumulates per sample."""
+    input_sources: tuple[str, ...]
+    """Quantizable layers whose ``A`` feeds this layer's input (empty: the network input)."""
+
+    def tensors(self) -> tuple[TensorId, ...]:
+        """``W_l``, ``B_l`` (if the layer uses a bias) and ``A_l``."""
+        kinds: tuple[TensorKind, ...] = ("W", "B", "A") if self.has_bias else ("W", "A")
+        return tuple(TensorId(self.name, kind) for kind in kinds)
+
+    def value_count(self, kind: TensorKind) -> int:
+        """``n(p_l)``: values of one tensor (activations: per sample), for the memory cost (eq. 7)."""
+        return {"W": self.weight_count, "B": self.bias_count, "A": self.activation_count}[kind]
+
+
+def as_functional(model: keras.Model) -> keras.Model:
+    """A functional view of ``model`` that shares its layers (Sequential models are wrapped)."""
+    if isinstance(model, keras.Sequential):
+        try:
+            inputs, outputs = model.inputs, model.outputs
+        except (AttributeError, ValueError) as err:
+            raise ModelError(
+                f"model '{model.name}' has no input shape (it was never built); "
+                "save it after building it with an Input layer"
+            ) from err
+        return keras.Model(inputs, outputs, name=model.name)
+    if not hasattr(model, "_operations") or not getattr(model, "_is_graph_network", True):
+        raise ModelError(
+            f"model '{model.name}' ({type(model).__name__}) is a subclassed model with no layer graph; "
+            "rebuild it as a Sequential or functional model"
+        )
+    return model
+
+
+def find_quantizable_layers(
+    model: keras.Model, activation_point: ActivationPoint = "activation"
+) -> list[QuantizableLayer]:
+    """The layers 1..L to quantize, in ``model.layers`` order, with their activation points (spec §3).
+
+    ``activation_point="activation"``: ``A_l`` is taken after the layer's own activation, or after the
+    first activation layer reached through single-input element-wise layers, or at the layer's own
+    output when there is none. ``"chain_end"``: at the end of that element-wise chain instead.
+    Softmax is never quantized: the logits before it are.
+    """
+    if activation_point not in ACTIVATION_POINTS:
+        raise ValueError(f"activation_point must be one of {ACTIVATION_POINTS}, got {activation_point!r}")
+    graph = _Graph(as_functional(model))
+    found: list[QuantizableLayer] = []
+    for layer in graph.layers:
+        class_name = type(layer).__name__
+        if class_name not in QUANTIZABLE_CLASSES:
+            continue
+        at, split = graph.activation_point(layer, activation_point)
+        kernels = [w for w in layer.weights if w.name.endswith("kernel")]
+        bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+        found.append(
+            QuantizableLayer(
+                index=len(found) + 1,
+                name=layer.name,
+                class_name=class_name,
+                activation_at=at,
+                split_softmax=split,
+                kernel_names=tuple(w.name for w in kernels),
+                has_bias=bias is not None,
+                weight_count=sum(int(np.prod(w.shape)) for w in kernels),
+                bias_count=int(np.prod(bias.shape)) if bias is not None else 0,
+                activation_count=_per_sample(graph.output_shape(graph.by_name[at])),
+                macs=_macs(layer),
+                input_sources=(),
+            )
+        )
+    if not found:
+        raise ModelError(
+            f"model '{model.name}' has no layer optsearch can quantize; "
+            f"supported layers: {', '.join(QUANTIZABLE_CLASSES)}"
+        )
+    points = {q.activation_at: q.name for q in found}
+    return [
+        QuantizableLayer(**{**q.__dict__, "input_sources": graph.input_sources(q.name, points)}) for q in found
+    ]
+
+
+class _Graph:
+    """Producers and consumers of every layer of a functional model, with the checks the tool needs."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ModelError(
+                f"model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                "optsearch supports one image input and one class-score output"
+            )
+        self.layers = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
+        self.by_name = {layer.name: layer for layer in model.operations}
+        self.consumers: dict[str, list[str]] = {name: [] for name in self.by_name}
+        self.producers: dict[str, list[str]] = {name: [] for name in self.by_name}
+        for layer in self.layers:
+            self._check_supported(layer)
+            for tensor in keras.tree.flatten(layer.input):
+                producer = tensor._keras_history.operation.name
+                self.consumers[producer].append(layer.name)
+                self.producers[layer.name].append(producer)
+        self.output_layer = model.outputs[0]._keras_history.operation.name
+
+    def _check_supported(self, layer: Any) -> None:
+        class_name = type(layer).__name__
+        if isinstance(layer, keras.Model):
+            raise ModelError(
+                f"layer '{layer.name}' is a nested model ({class_name}); optsearch needs a flat model: "
+                "rebuild it with the inner model's layers called directly"
+            )
+        if len(getattr(layer, "_inbound_nodes", [])) > 1:
+            raise ModelError(
+                f"layer '{layer.name}' ({class_name}) is shared (called {len(layer._inbound_nodes)} times); "
+                "a shared layer cannot have one format per use: give each use its own layer"
+            )
+        if layer.weights and class_name not in QUANTIZABLE_CLASSES + FLOAT_WEIGHT_CLASSES:
+            raise ModelError(
+                f"layer '{layer.name}' ({class_name}) has weights optsearch cannot quantize; "
+                f"supported layers with weights: {', '.join(QUANTIZABLE_CLASSES + FLOAT_WEIGHT_CLASSES)}"
+            )
+
+    def output_shape(self, layer: Any) -> tuple[int | None, ...]:
+        return tuple(layer.output.shape)
+
+    def _single_consumer(self, name: str) -> Any | None:
+        """The one layer that consumes ``name``'s output, or None at a fork, a merge input or the end."""
+        if name == self.output_layer or len(self.consumers[name]) != 1:
+            return None
+        return self.by_name[self.consumers[name][0]]
+
+    def activation_point(self, layer: Any, mode: ActivationPoint) -> tuple[str, bool]:
+        """(name of the layer whose output is ``A_l``, whether ``layer``'s own softmax must be split)."""
+        own = _activation_name(getattr(layer, "activation", None))
+        if own == "softmax":
+            return layer.name, True
+        if own not in (None, "linear"):
+            return layer.name, False
+        current = layer
+        while (nxt := self._single_consumer(current.name)) is not None:
+            class_name = type(nxt).__name__
+            if class_name in ACTIVATION_CLASSES:
+                kind = _activation_name(nxt.activation) if class_name == "Activation" else class_name.lower()
+                if kind == "softmax":
+                    break
+                if kind != "linear":
+                    return nxt.name, False
+            elif class_name not in ELEMENTWISE_CLASSES:
+                break
+            current = nxt
+        return (current.name if mode == "chain_end" else layer.name), False
+
+    def input_sources(self, name: str, points: Mapping[str, str]) -> tuple[str, ...]:
+        """The quantizable layers whose activation points feed ``name`` through float-only layers."""
+        sources: list[str] = []
+        stack = list(self.producers[name])
+        seen: set[str] = set()
+        while stack:
+            producer = stack.pop()
+            if producer in seen:
+                continue
+            seen.add(producer)
+            if producer in points:
+                sources.append(points[producer])
+            else:
+                stack.extend(self.producers[producer])
+        return tuple(sorted(set(sources)))
+
+
+def _activation_name(fn: Any) -> str | None:
+    """The registered name of a Keras activation function, or None when there is none."""
+    if fn is None:
+        return None
+    try:
+        name = keras.activations.serialize(fn)
+    except (ValueError, TypeError):
+        return getattr(fn, "__name__", "custom")
+    if isinstance(name, dict):
+        return str(name.get("config", name.get("class_name", "custom")))
+    return str(name)
+
+
+def _per_sample(shape: Sequence[int | None]) -> int:
+    return int(np.prod([d for d in shape[1:] if d is not None]))
+
+
+def _macs(layer: Any) -> int:
+    """Multiply-accumulates per sample of a quantizable layer (output positions x kernel fan-in)."""
+    out = tuple(layer.output.shape)
+    cls = type(layer).__name__
+    if cls == "Dense":
+        return int(layer.kernel.shape[0]) * _per_sample(out)
+    positions = int(np.prod(out[1:-1]))
+    if cls.startswith("Separable"):
+        depthwise = int(np.prod(layer.depthwise_kernel.shape))
+        pointwise = int(np.prod(layer.pointwise_kernel.shape))
+        return positions * (depthwise + pointwise)
+    # Conv (kernel already holds in_channels / groups) and DepthwiseConv: each kernel value is
+    # used once per output position.
+    return positions * int(np.prod(layer.kernel.shape))
+
+
+class QuantizedModel:
+    """A clone of a float model with an activation quantizer at every ``A_l``, formats set in place.
+
+    ``set_formats`` quantizes exactly the tensors it is given and leaves every other tensor in float
+    (Alg. 1: independent and dependent evaluation differ only in the mapping passed). Nothing is
+    rebuilt or retraced when formats change: weights are assigned and quantizer variables updated.
+    """
+
+    def __init__(self, model: keras.Model, layers: Sequence[QuantizableLayer]) -> None:
+        functional = as_functional(model)
+        self.layers: tuple[QuantizableLayer, ...] = tuple(layers)
+        self.float_model = model
+        names = {layer.name for layer in functional.operations}
+        split = {q.name for q in self.layers if q.split_softmax}
+        quantizer_at = {q.activation_at: q.name for q in self.layers}
+        for owner in quantizer_at.values():
+            for suffix in (QUANTIZER_SUFFIX, SOFTMAX_SUFFIX):
+                if owner + suffix in names:
+                    raise ModelError(f"layer name '{owner + suffix}' is reserved by optsearch; rename the layer")
+
+        def clone_layer(layer: Any) -> Any:
+            config = layer.get_config()
+            if layer.name in split:
+                config["activation"] = "linear"
+            return type(layer).from_config(config)
+
+        def call_layer(layer: Any, *args: Any, **kwargs: Any) -> Any:
+            out = layer(*args, **kwargs)
+            if layer.name in quantizer_at:
+                owner = quantizer_at[layer.name]
+                out = FixedPointQuantizer(enabled=False, name=owner + QUANTIZER_SUFFIX)(out)
+                if layer.name in split:
+                    out = keras.layers.Softmax(name=owner + SOFTMAX_SUFFIX)(out)
+            return out
+
+        self.keras_model: keras.Model = keras.models.clone_model(
+            functional, clone_function=clone_layer, call_function=call_layer
+        )
+        for layer in functional.layers:
+            if layer.weights:
+                self.keras_model.get_layer(layer.name).set_weights(layer.get_weights())
+        self._float_weights: dict[TensorId, list[np.ndarray]] = {}
+        for q in self.layers:
+            target = self.keras_model.get_layer(q.name)
+            self._float_weights[TensorId(q.name, "W")] = [
+                np.array(w.numpy()) for w in target.weights if w.name in q.kernel_names
+            ]
+            if q.has_bias:
+                self._float_weights[TensorId(q.name, "B")] = [np.array(target.bias.numpy())]
+        self._current: dict[TensorId, Format] = {}
+
+    @property
+    def tensors(self) -> tuple[TensorId, ...]:
+        """Every tensor the search can quantize, layer by layer (W, B, A)."""
+        return tuple(t for q in self.layers for t in q.tensors())
+
+    def layer(self, name: str) -> QuantizableLayer:
+        for q in self.layers:
+            if q.name == name:
+                return q
+        raise KeyError(f"no quantizable layer named {name!r}")
+
+    def quantizer(self, layer_name: str) -> FixedPointQuantizer:
+        """The activation quantizer of layer ``layer_name``."""
+        quantizer = self.keras_model.get_layer(layer_name + QUANTIZER_SUFFIX)
+        assert isinstance(quantizer, FixedPointQuantizer)
+        return quantizer
+
+    def float_values(self, tensor: TensorId) -> list[np.ndarray]:
+        """The float arrays of a weights or biases tensor (one array per kernel for separable convs)."""
+        if tensor.kind == "A":
+            raise ValueError(f"{tensor}: activations have no stored values; measure them on data")
+        return self._float_weights[tensor]
+
+    def largest_magnitude(self, tensor: TensorId) -> float:
+        """``Z = max |p_l|`` of a weights or biases tensor (Alg. 2, line 4)."""
+        return max(largest_magnitude(a) for a in self.float_values(tensor))
+
+    @property
+    def formats(self) -> dict[TensorId, Format]:
+        """The formats applied now; tensors not listed are float."""
+        return dict(self._current)
+
+    def set_formats(self, formats: Mapping[TensorId, Format]) -> None:
+        """Quantize exactly the tensors in ``formats``; every other tensor goes back to float."""
+        unknown = set(formats) - set(self.tensors)
+        if unknown:
+            raise KeyError(f"not quantizable tensors of this model: {', '.join(map(str, sorted(unknown)))}")
+        for tensor in set(self._current) | set(formats):
+            new = formats.get(tensor)
+            if self._current.get(tensor) != new:
+                self._apply(tensor, new)
+        self._current = dict(formats)
+
+    def _apply(self, tensor: TensorId, fmt: Format | None) -> None:
+        if tensor.kind == "A":
+            self.quantizer(tensor.layer).set_format(fmt)
+            return
+        target = self.keras_model.get_layer(tensor.layer)
+        variables = (
+            [w for w in target.weights if w.name in self.layer(tensor.layer).kernel_names]
+            if tensor.kind == "W"
+            else [target.bias]
+        )
+        for variable, values in zip(variables, self.float_values(tensor), strict=True):
+            variable.assign(values if fmt is None else quantize(values, fmt))
+
+    def activation_probe(self) -> keras.Model:
+        """A model that returns every ``A_l`` (the quantizer outputs), in layer order."""
+        outputs = [self.quantizer(q.name).output for q in self.layers]
+        return keras.Model(self.keras_model.inputs, outputs, name="optsearch_activation_probe")
+
+    def save(self, path: str) -> None:
+        """Save the quantized model (with its current formats) as a ``.keras`` file."""
+        self.keras_model.save(path)
+
+
+def quantized_model(
+    model: keras.Model, activation_point: ActivationPoint = "activation"
+) -> QuantizedModel:
+    """Find the quantizable layers of ``model`` and build its quantized clone (all tensors float)."""
+    return QuantizedModel(model, find_quantizable_layers(model, activation_point))
+
+
+def uniform_formats(
+    qmodel: QuantizedModel, bw: int, activation_ranges: Mapping[str, float], rule: OffsetRule = "paper"
+) -> dict[TensorId, Format]:
+    """Every W, B, A at ``(bw, F0(bw))`` for its own range: the uniform baseline (spec §8)."""
+    formats: dict[TensorId, Format] = {}
+    for tensor in qmodel.tensors:
+        z = activation_ranges[tensor.layer] if tensor.kind == "A" else qmodel.largest_magnitude(tensor)
+        formats[tensor] = start_format(z, bw, rule)
+    return formats
+
+
+def describe(layers: Iterable[QuantizableLayer]) -> list[dict[str, Any]]:
+    """Plain rows for reports: one per quantizable layer."""
+    return [
+        {
+            "index": q.index,
+            "layer": q.name,
+            "type": q.class_name,
+            "activation_at": q.activation_at + (" (logits, softmax split off)" if q.split_softmax else ""),
+            "weights": q.weight_count,
+            "biases": q.bias_count,
+            "activations": q.activation_count,
+            "macs": q.macs,
+        }
+        for q in layers
+    ]
+
+
+__all__ = [
+    "ACTIVATION_POINTS",
+    "QUANTIZABLE_CLASSES",
+    "ActivationPoint",
+    "QuantizableLayer",
+    "QuantizedModel",
+    "as_functional",
+    "describe",
+    "find_quantizable_layers",
+    "quantized_model",
+    "uniform_formats",
+]

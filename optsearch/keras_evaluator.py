@@ -1,0 +1,143 @@
+"""Evaluating a quantized Keras model on labelled data (spec §4-§5): top-1 accuracy and the loss.
+
+The model is built once; each evaluation changes formats in place (``QuantizedModel.set_formats``)
+and runs one compiled forward function over the data in batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from optsearch.data import Dataset, Preprocess, batches
+from optsearch.errors import DataError
+from optsearch.evaluator import Evaluation, relative_loss
+from optsearch.fixedpoint import Format
+from optsearch.graph import QuantizedModel
+from optsearch.tensors import TensorId
+
+DEFAULT_BATCH_SIZE = 500
+
+
+class KerasEvaluator:
+    """Top-1 accuracy of a ``QuantizedModel`` on a search set, and the relative loss of eq. 6.
+
+    Implements the ``Evaluator`` protocol. With ``max_loss`` set, a candidate stops as soon as even
+    all remaining samples being correct could not bring its loss down to ``max_loss``: the returned
+    loss is then a lower bound (``exact=False``) and the accept/reject decision is unchanged.
+    """
+
+    def __init__(
+        self,
+        qmodel: QuantizedModel,
+        data: Dataset,
+        preprocess: Preprocess | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.qmodel = qmodel
+        self.data = data
+        self.preprocess = preprocess or Preprocess()
+        self.batch_size = batch_size
+        self._predict = _compiled_argmax(qmodel)
+        self.evaluations = 0
+        qmodel.set_formats({})
+        self.float_predictions = self._predictions()
+        self.float_correct = int(np.sum(self.float_predictions == data.y))
+        if self.float_correct == 0:
+            raise DataError(
+                f"the float model classifies no sample of {data.source} correctly: the relative loss is "
+                "undefined; check the labels and the preprocessing (--scale, --resize)"
+            )
+
+    @property
+    def float_accuracy(self) -> float:
+        return self.float_correct / len(self.data)
+
+    @property
+    def samples(self) -> int:
+        return len(self.data)
+
+    def _predictions(self) -> np.ndarray:
+        """Predicted classes of the model in its current state, for every sample."""
+        parts = [self._predict(x).numpy() for x, _ in batches(self.data, self.batch_size, self.preprocess)]
+        return np.concatenate(parts).astype(np.int64)
+
+    def predictions(self, formats: Mapping[TensorId, Format]) -> np.ndarray:
+        """Predicted classes with exactly ``formats`` applied (the rest float)."""
+        self.qmodel.set_formats(formats)
+        return self._predictions()
+
+    def accuracy(self, formats: Mapping[TensorId, Format]) -> float:
+        """Top-1 accuracy with exactly ``formats`` applied (the rest float)."""
+        return float(np.mean(self.predictions(formats) == self.data.y))
+
+    def evaluate(
+        self,
+        formats: Mapping[TensorId, Format],
+        *,
+        varying: TensorId | None = None,
+        max_loss: float | None = None,
+    ) -> Evaluation:
+        """Quantize exactly ``formats`` and measure ``da`` on the search set (Alg. 1)."""
+        start = time.perf_counter()
+        self.evaluations += 1
+        self.qmodel.set_formats(formats)
+        total = len(self.data)
+        correct = seen = 0
+        for x, y in batches(self.data, self.batch_size, self.preprocess):
+            correct += int(np.sum(self._predict(x).numpy() == y))
+            seen += len(y)
+            if max_loss is not None and seen < total:
+                bound = relative_loss(self.float_correct, correct + (total - seen))
+                if bound > max_loss:
+                    return Evaluation(bound, correct, seen, False, time.perf_counter() - start)
+        loss = relative_loss(self.float_correct, correct)
+        return Evaluation(loss, correct, seen, True, time.perf_counter() - start)
+
+
+def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tf.Tensor]:
+    """One traced forward function returning argmax classes; reused for every format."""
+    model = qmodel.keras_model
+
+    @tf.function(reduce_retracing=True)
+    def predict(x: tf.Tensor) -> tf.Tensor:
+        return tf.argmax(model(x, training=False), axis=-1)
+
+    return predict
+
+
+def activation_ranges(
+    qmodel: QuantizedModel,
+    data: Dataset,
+    preprocess: Preprocess | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, float]:
+    """``Z`` of every ``A_l``: the largest magnitude of the float activations over ``data`` (spec §2)."""
+    previous = qmodel.formats
+    qmodel.set_formats({})
+    probe = qmodel.activation_probe()
+
+    @tf.function(reduce_retracing=True)
+    def maxima(x: tf.Tensor) -> list[tf.Tensor]:
+        outputs = probe(x, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return [tf.reduce_max(tf.abs(out)) for out in outputs]
+
+    ranges = dict.fromkeys((q.name for q in qmodel.layers), 0.0)
+    for x, _ in batches(data, batch_size, preprocess or Preprocess()):
+        for q, value in zip(qmodel.layers, maxima(x), strict=True):
+            ranges[q.name] = max(ranges[q.name], float(value.numpy()))
+    qmodel.set_formats(previous)
+    bad = [name for name, z in ranges.items() if not math.isfinite(z)]
+    if bad:
+        raise DataError(
+            f"the float activations of layer(s) {', '.join(bad)} are not finite on {data.source}; "
+            "check the input scaling (--scale) of the data"
+        )
+    return ranges

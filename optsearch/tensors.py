@@ -1,0 +1,33 @@
+"""Names for the tensors the search decides a format for (spec §3): ``W_l``, ``B_l``, ``A_l``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TensorKind = Literal["W", "B", "A"]
+TENSOR_KINDS: tuple[TensorKind, ...] = ("W", "B", "A")
+KIND_NAMES: dict[TensorKind, str] = {"W": "weights", "B": "biases", "A": "activations"}
+
+
+@dataclass(frozen=True, order=True)
+class TensorId:
+    """One quantized tensor: the weights, biases or activations of a named layer."""
+
+    layer: str
+    kind: TensorKind
+
+    def __post_init__(self) -> None:
+        if self.kind not in TENSOR_KINDS:
+            raise ValueError(f"tensor kind must be one of {', '.join(TENSOR_KINDS)}, got {self.kind!r}")
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.kind}"
+
+    @classmethod
+    def parse(cls, text: str) -> TensorId:
+        """Read the ``str()`` form ``"layer:W"``."""
+        layer, sep, kind = text.rpartition(":")
+        if not sep or not layer or kind not in TENSOR_KINDS:
+            raise ValueError(f"a tensor is written 'LAYER:W', 'LAYER:B' or 'LAYER:A', got {text!r}")
+        return cls(layer, kind)  # type: ignore[arg-type]
