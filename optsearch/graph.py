@@ -156,7 +156,8 @@ def find_quantizable_layers(
         )
     points = {q.activation_at: q.name for q in found}
     return [
-        QuantizableLayer(**{**q.__dict__, "input_sources": graph.input_sources(q.name, points)}) for q in found
+        QuantizableLayer(**{**q.__dict__, "input_sources": graph.input_sources(q.name, points)})
+        for q in found
     ]
 
 
@@ -298,7 +299,9 @@ class QuantizedModel:
         for owner in quantizer_at.values():
             for suffix in (QUANTIZER_SUFFIX, SOFTMAX_SUFFIX):
                 if owner + suffix in names:
-                    raise ModelError(f"layer name '{owner + suffix}' is reserved by optsearch; rename the layer")
+                    raise ModelError(
+                        f"layer name '{owner + suffix}' is reserved by optsearch; rename the layer"
+                    )
 
         def clone_layer(layer: Any) -> Any:
             config = layer.get_config()
@@ -397,9 +400,7 @@ class QuantizedModel:
         self.keras_model.save(path)
 
 
-def quantized_model(
-    model: keras.Model, activation_point: ActivationPoint = "activation"
-) -> QuantizedModel:
+def quantized_model(model: keras.Model, activation_point: ActivationPoint = "activation") -> QuantizedModel:
     """Find the quantizable layers of ``model`` and build its quantized clone (all tensors float)."""
     return QuantizedModel(model, find_quantizable_layers(model, activation_point))
 
