@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import numpy as np
@@ -17,10 +17,8 @@ import numpy as np
 from optsearch.errors import ModelError
 from optsearch.fixedpoint import Format, OffsetRule, largest_magnitude, quantize, start_format
 from optsearch.quantizer_layer import FixedPointQuantizer
-from optsearch.tensors import TensorId, TensorKind
+from optsearch.tensors import ACTIVATION_POINTS, ActivationPoint, TensorId, TensorKind
 
-ActivationPoint = Literal["activation", "chain_end"]
-ACTIVATION_POINTS: tuple[ActivationPoint, ...] = ("activation", "chain_end")
 
 #: Layers whose weights, biases and activations the search quantizes (spec §3).
 QUANTIZABLE_CLASSES = (
@@ -144,8 +142,8 @@ def find_quantizable_layers(
                 has_bias=bias is not None,
                 weight_count=sum(int(np.prod(w.shape)) for w in kernels),
                 bias_count=int(np.prod(bias.shape)) if bias is not None else 0,
-                activation_count=_per_sample(graph.output_shape(graph.by_name[at])),
-                macs=_macs(layer),
+                activation_count=_per_sample(graph.output_shape(at)),
+                macs=_macs(layer, graph.output_shape(layer.name)),
                 input_sources=(),
             )
         )
@@ -162,7 +160,11 @@ def find_quantizable_layers(
 
 
 class _Graph:
-    """Producers and consumers of every layer of a functional model, with the checks the tool needs."""
+    """Producers and consumers of every layer of a functional model, read from its own nodes.
+
+    A layer's ``_inbound_nodes`` also hold calls made outside this graph (a reloaded Sequential
+    keeps one per build), so uses are counted on the model's node list, not on the layer.
+    """
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
@@ -171,28 +173,34 @@ class _Graph:
                 f"model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                 "optsearch supports one image input and one class-score output"
             )
+        nodes = [node for depth in sorted(model._nodes_by_depth) for node in model._nodes_by_depth[depth]]
+        uses: dict[str, int] = {}
+        self.node_of: dict[str, Any] = {}
+        for node in nodes:
+            uses[node.operation.name] = uses.get(node.operation.name, 0) + 1
+            self.node_of[node.operation.name] = node
         self.layers = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
         self.by_name = {layer.name: layer for layer in model.operations}
         self.consumers: dict[str, list[str]] = {name: [] for name in self.by_name}
         self.producers: dict[str, list[str]] = {name: [] for name in self.by_name}
         for layer in self.layers:
-            self._check_supported(layer)
-            for tensor in keras.tree.flatten(layer.input):
+            self._check_supported(layer, uses.get(layer.name, 0))
+            for tensor in self.node_of[layer.name].input_tensors:
                 producer = tensor._keras_history.operation.name
                 self.consumers[producer].append(layer.name)
                 self.producers[layer.name].append(producer)
         self.output_layer = model.outputs[0]._keras_history.operation.name
 
-    def _check_supported(self, layer: Any) -> None:
+    def _check_supported(self, layer: Any, uses: int) -> None:
         class_name = type(layer).__name__
         if isinstance(layer, keras.Model):
             raise ModelError(
                 f"layer '{layer.name}' is a nested model ({class_name}); optsearch needs a flat model: "
                 "rebuild it with the inner model's layers called directly"
             )
-        if len(getattr(layer, "_inbound_nodes", [])) > 1:
+        if uses > 1:
             raise ModelError(
-                f"layer '{layer.name}' ({class_name}) is shared (called {len(layer._inbound_nodes)} times); "
+                f"layer '{layer.name}' ({class_name}) is shared (called {uses} times); "
                 "a shared layer cannot have one format per use: give each use its own layer"
             )
         if layer.weights and class_name not in QUANTIZABLE_CLASSES + FLOAT_WEIGHT_CLASSES:
@@ -201,8 +209,9 @@ class _Graph:
                 f"supported layers with weights: {', '.join(QUANTIZABLE_CLASSES + FLOAT_WEIGHT_CLASSES)}"
             )
 
-    def output_shape(self, layer: Any) -> tuple[int | None, ...]:
-        return tuple(layer.output.shape)
+    def output_shape(self, name: str) -> tuple[int | None, ...]:
+        """The output shape of layer ``name`` in this graph (batch axis first)."""
+        return tuple(self.node_of[name].output_tensors[0].shape)
 
     def _single_consumer(self, name: str) -> Any | None:
         """The one layer that consumes ``name``'s output, or None at a fork, a merge input or the end."""
@@ -265,13 +274,12 @@ def _per_sample(shape: Sequence[int | None]) -> int:
     return int(np.prod([d for d in shape[1:] if d is not None]))
 
 
-def _macs(layer: Any) -> int:
-    """Multiply-accumulates per sample of a quantizable layer (output positions x kernel fan-in)."""
-    out = tuple(layer.output.shape)
+def _macs(layer: Any, out: tuple[int | None, ...]) -> int:
+    """Multiply-accumulates per sample of a quantizable layer with output shape ``out``."""
     cls = type(layer).__name__
     if cls == "Dense":
         return int(layer.kernel.shape[0]) * _per_sample(out)
-    positions = int(np.prod(out[1:-1]))
+    positions = _per_sample(out[:-1])
     if cls.startswith("Separable"):
         depthwise = int(np.prod(layer.depthwise_kernel.shape))
         pointwise = int(np.prod(layer.pointwise_kernel.shape))

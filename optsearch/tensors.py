@@ -9,6 +9,10 @@ TensorKind = Literal["W", "B", "A"]
 TENSOR_KINDS: tuple[TensorKind, ...] = ("W", "B", "A")
 KIND_NAMES: dict[TensorKind, str] = {"W": "weights", "B": "biases", "A": "activations"}
 
+#: Where ``A_l`` is taken (spec §3): after the activation function, or at the end of the element-wise chain.
+ActivationPoint = Literal["activation", "chain_end"]
+ACTIVATION_POINTS: tuple[ActivationPoint, ...] = ("activation", "chain_end")
+
 
 @dataclass(frozen=True, order=True)
 class TensorId:

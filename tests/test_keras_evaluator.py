@@ -1,0 +1,144 @@
+"""Evaluation (spec §4-§5): accuracy, relative loss, independent/dependent candidates, early stop."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optsearch.data import Dataset, Preprocess
+from optsearch.errors import DataError
+from optsearch.evaluator import candidate_formats, eval_acc_loss, relative_loss
+from optsearch.fixedpoint import Format, quantize
+from optsearch.graph import quantized_model
+from optsearch.keras_evaluator import KerasEvaluator, activation_ranges
+from optsearch.tensors import TensorId
+
+CLASSES = 4
+W, B, A = TensorId("d", "W"), TensorId("d", "B"), TensorId("d", "A")
+
+
+def _identity_model() -> keras.Model:
+    """Dense with an identity kernel and zero bias: it predicts argmax(x)."""
+    model = keras.Sequential([keras.Input((CLASSES,)), keras.layers.Dense(CLASSES, name="d")])
+    model.get_layer("d").set_weights([np.eye(CLASSES, dtype=np.float32), np.zeros(CLASSES, np.float32)])
+    return model
+
+
+def _data(n: int = 200, wrong: int = 20, seed: int = 0) -> Dataset:
+    """Labels equal argmax(x) except for the first ``wrong`` samples: float accuracy (n - wrong) / n."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, CLASSES)).astype(np.float32)
+    y = np.argmax(x, axis=1).astype(np.int64)
+    y[:wrong] = (y[:wrong] + 1) % CLASSES
+    return Dataset(x=x, y=y, source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> KerasEvaluator:
+    return KerasEvaluator(quantized_model(_identity_model()), _data(), batch_size=32)
+
+
+def test_float_accuracy_and_zero_loss(evaluator: KerasEvaluator) -> None:
+    assert evaluator.float_correct == 180
+    assert evaluator.float_accuracy == pytest.approx(0.9)
+    result = evaluator.evaluate({})
+    assert (result.loss, result.correct, result.samples, result.exact) == (0.0, 180, 200, True)
+
+
+def test_loss_of_a_known_quantization(evaluator: KerasEvaluator) -> None:
+    """Pruned weights give all-zero scores: argmax 0 for every sample."""
+    data = evaluator.data
+    result = evaluator.evaluate({W: Format(1, 0)})
+    correct = int(np.sum(data.y == 0))
+    assert result.correct == correct
+    assert result.loss == relative_loss(180, correct)
+    assert result.accepted(result.loss) and not result.accepted(result.loss - 1e-9)
+
+
+def test_activation_format_changes_predictions_like_numpy(evaluator: KerasEvaluator) -> None:
+    fmt = Format(3, 1)
+    scores = quantize(evaluator.data.x, fmt)  # the identity layer's logits, quantized
+    expected = np.argmax(scores, axis=1)
+    np.testing.assert_array_equal(evaluator.predictions({A: fmt}), expected)
+    assert evaluator.accuracy({A: fmt}) == pytest.approx(float(np.mean(expected == evaluator.data.y)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.0, 1.0), st.sampled_from([Format(1, 0), Format(2, 0), Format(3, 1), Format(8, 4)]))
+def test_early_stop_never_changes_the_decision(max_loss: float, fmt: Format) -> None:
+    evaluator = _shared_evaluator()
+    full = evaluator.evaluate({A: fmt})
+    early = evaluator.evaluate({A: fmt}, varying=A, max_loss=max_loss)
+    assert early.accepted(max_loss) == full.accepted(max_loss)
+    if early.exact:
+        assert early.loss == full.loss
+    else:
+        assert full.loss >= early.loss > max_loss and early.samples < full.samples
+
+
+_CACHE: dict[str, KerasEvaluator] = {}
+
+
+def _shared_evaluator() -> KerasEvaluator:
+    if "e" not in _CACHE:
+        _CACHE["e"] = KerasEvaluator(quantized_model(_identity_model()), _data(), batch_size=16)
+    return _CACHE["e"]
+
+
+def test_early_stop_happens_in_the_first_batches() -> None:
+    evaluator = _shared_evaluator()
+    result = evaluator.evaluate({W: Format(1, 0)}, max_loss=0.01)
+    # Pruned weights predict class 0: a sample is missed when its label is not 0. Best case, every
+    # unseen sample is right (200 - 180 = 20 more than the float model), so the evaluation stops at
+    # the first batch boundary where misses - 20 already exceed 1% of the 180 float-correct.
+    lost = np.cumsum(evaluator.data.y != 0)[15::16] - (len(evaluator.data) - evaluator.float_correct)
+    stop = 16 * (int(np.argmax(lost / evaluator.float_correct > 0.01)) + 1)
+    assert not result.exact and result.samples == stop < len(evaluator.data)
+
+
+def test_independent_and_dependent_candidates(evaluator: KerasEvaluator) -> None:
+    """Alg. 1: independent quantizes only the tensor under test; dependent adds r_Q."""
+    decided = {W: Format(1, 0)}
+    assert candidate_formats(A, Format(8, 4), independent=True, decided=decided) == {A: Format(8, 4)}
+    assert candidate_formats(A, Format(8, 4), independent=False, decided=decided) == {
+        W: Format(1, 0),
+        A: Format(8, 4),
+    }
+    ind = eval_acc_loss(evaluator, A, Format(8, 4), independent=True, decided=decided)
+    dep = eval_acc_loss(evaluator, A, Format(8, 4), independent=False, decided=decided)
+    assert ind.loss == 0.0
+    assert dep.loss == evaluator.evaluate({W: Format(1, 0)}).loss > 0.0
+
+
+def test_activation_ranges_are_float_maxima(evaluator: KerasEvaluator) -> None:
+    qmodel = evaluator.qmodel
+    qmodel.set_formats({A: Format(2, 0)})
+    ranges = activation_ranges(qmodel, evaluator.data, batch_size=7)
+    assert ranges == {"d": pytest.approx(float(np.max(np.abs(evaluator.data.x))), rel=1e-7)}
+    assert qmodel.formats == {A: Format(2, 0)}  # restored afterwards
+
+
+def test_preprocessing_is_applied_per_batch() -> None:
+    data = _data()
+    scaled = Dataset(x=(data.x * 10.0).astype(np.float32), y=data.y, source="scaled")
+    evaluator = KerasEvaluator(
+        quantized_model(_identity_model()), scaled, Preprocess(scale=0.1), batch_size=50
+    )
+    assert evaluator.float_correct == 180
+
+
+def test_float_model_with_no_correct_prediction_is_refused() -> None:
+    data = _data(n=40, wrong=40)
+    with pytest.raises(DataError, match="classifies no sample.*synthetic.*preprocessing"):
+        KerasEvaluator(quantized_model(_identity_model()), data)
+
+
+def test_relative_loss_definition() -> None:
+    """eq. 6: da = (a - a_q) / a."""
+    assert relative_loss(200, 198) == 0.01
+    assert relative_loss(100, 101) == -0.01
+    with pytest.raises(ValueError, match="undefined"):
+        relative_loss(0, 0)
