@@ -63,9 +63,8 @@ def _quiet_tensorflow() -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-
             import keras  # noqa: F401
+            import tensorflow  # noqa: F401
     finally:
         os.dup2(saved, 2)
         os.close(saved)

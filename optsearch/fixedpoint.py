@@ -100,7 +100,8 @@ def quantize(x: npt.ArrayLike, fmt: Format) -> np.ndarray:
     t = np.asarray(fmt.max_code, dtype=a.dtype)
     codes = np.clip(np.rint(a * scale), -t, t)
     codes = np.where(codes == 0, a.dtype.type(0.0), codes)  # one zero: +0.0, never -0.0
-    return (codes / scale).astype(a.dtype, copy=False)
+    result: np.ndarray = (codes / scale).astype(a.dtype, copy=False)
+    return result
 
 
 def to_codes(x: npt.ArrayLike, fmt: Format) -> np.ndarray:

@@ -19,7 +19,6 @@ from optsearch.fixedpoint import Format, OffsetRule, largest_magnitude, quantize
 from optsearch.quantizer_layer import FixedPointQuantizer
 from optsearch.tensors import ACTIVATION_POINTS, ActivationPoint, TensorId, TensorKind
 
-
 #: Layers whose weights, biases and activations the search quantizes (spec §3).
 QUANTIZABLE_CLASSES = (
     "Dense",

@@ -34,4 +34,4 @@ class TensorId:
         layer, sep, kind = text.rpartition(":")
         if not sep or not layer or kind not in TENSOR_KINDS:
             raise ValueError(f"a tensor is written 'LAYER:W', 'LAYER:B' or 'LAYER:A', got {text!r}")
-        return cls(layer, kind)  # type: ignore[arg-type]
+        return cls(layer, kind)

@@ -88,7 +88,7 @@ def branched_cnn(input_shape: Sequence[int] = (28, 28, 1), classes: int = 10, si
     Choices the paper leaves open: every conv and pool is same-padded, so the four branches agree in
     size (96 -> 48 -> 24 -> 12 -> 6) for any even input; each branch has ``f`` filters (a module
     outputs 4f channels); the global pool is an average (Inception style). Padding and the pool type
-    do not change the parameter count: 194,162 on 28x28x1 (191,378 trainable + 2,784 BatchNorm moving
+    do not change the parameter count: 194,162 on 28x28x1 (192,554 trainable + 1,608 BatchNorm moving
     statistics), against the paper's "about 194 k".
     """
     inputs = keras.Input(tuple(input_shape), name="image")

@@ -132,7 +132,7 @@ def test_preprocessing_is_applied_per_batch() -> None:
 
 def test_float_model_with_no_correct_prediction_is_refused() -> None:
     data = _data(n=40, wrong=40)
-    with pytest.raises(DataError, match="classifies no sample.*synthetic.*preprocessing"):
+    with pytest.raises(DataError, match=r"classifies no sample.*synthetic.*preprocessing"):
         KerasEvaluator(quantized_model(_identity_model()), data)
 
 
