@@ -45,8 +45,8 @@ class SearchSettings:
     allocation: Mapping[TensorKind, Allocation] = field(default_factory=lambda: dict(PAPER_ALLOCATION))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1) (a relative accuracy loss), got {self.eps}")
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1) (a relative accuracy loss, 0.01 = 1%), got {self.eps}")
         if sorted(self.type_order) != sorted(TENSOR_KINDS):
             raise ValueError(f"type order must be a permutation of W, B, A, got {self.type_order}")
         if self.layer_order not in LAYER_ORDERS:

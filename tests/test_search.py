@@ -262,6 +262,7 @@ def test_plan_layers_without_bias_do_not_count_for_biases() -> None:
     "kwargs",
     [
         {"eps": 1.5},
+        {"eps": 0.0},
         {"type_order": ("W", "W", "A")},
         {"layer_order": "sideways"},
         {"delta": -1.0},

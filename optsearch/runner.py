@@ -1,0 +1,370 @@
+"""The main job: search the formats of a model and write every output, atomically (spec §5-§8).
+
+Everything is written into a temporary folder beside the output folder, renamed into place only
+when the run has finished: an interrupted or failed run never leaves a half result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from optsearch import __version__
+from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
+from optsearch.errors import OptsearchError
+from optsearch.fixedpoint import Format
+from optsearch.graph import QuantizedModel, uniform_formats
+from optsearch.inputs import DataSettings, Inputs, prepare
+from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE, KerasEvaluator, activation_ranges
+from optsearch.outdir import atomic_dir, check_out_dir
+from optsearch.plots import plot_bitwidths, plot_loss_steps
+from optsearch.report import formats_csv, report_markdown
+from optsearch.results import Accuracy, Costs, LayerResult, RunResult, TensorResult
+from optsearch.search import EvaluationRecord, SearchSettings, TensorDecision, opt_search, search_plan
+from optsearch.tensors import KIND_NAMES, ActivationPoint, TensorId
+
+UNIFORM_BW = 8
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything ``optsearch run`` needs to know."""
+
+    model_path: Path
+    data: DataSettings
+    search: SearchSettings
+    out_dir: Path
+    overwrite: bool = False
+    unsafe_load: bool = False
+    activation_point: ActivationPoint = "activation"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    input_bits: int = 8
+
+
+def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
+    """Search the formats of ``request.model_path`` and write formats, report, plots, model, log."""
+    started = time.perf_counter()
+    check_out_dir(request.out_dir, request.overwrite)
+    inputs = prepare(
+        request.model_path,
+        request.data,
+        unsafe_load=request.unsafe_load,
+        activation_point=request.activation_point,
+    )
+    qmodel = inputs.qmodel
+    echo(
+        f"{request.model_path}: {len(qmodel.layers)} quantizable layers, {len(qmodel.tensors)} tensors; "
+        f"search set {len(inputs.search)} samples"
+        + (f", held-out {len(inputs.held_out)}" if inputs.held_out is not None else ", no held-out set")
+    )
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ranges = activation_ranges(qmodel, inputs.search, inputs.preprocess, request.batch_size)
+    search_eval = KerasEvaluator(qmodel, inputs.search, inputs.preprocess, request.batch_size)
+    timings["setup_seconds"] = time.perf_counter() - t0
+    echo(f"float accuracy on the search set: {search_eval.float_accuracy:.2%}")
+    magnitudes = {
+        t: (ranges[t.layer] if t.kind == "A" else qmodel.largest_magnitude(t)) for t in qmodel.tensors
+    }
+    with atomic_dir(request.out_dir, request.overwrite) as tmp:
+        t0 = time.perf_counter()
+        log_lines: list[str] = []
+
+        def note(message: str) -> None:
+            log_lines.append(message)
+            tqdm.write(message, file=sys.stderr)
+
+        with open(tmp / "search_log.jsonl", "w") as log_file, _Progress(qmodel, request.search) as progress:
+            outcome = opt_search(
+                search_eval,
+                [q.tensors() for q in qmodel.layers],
+                magnitudes,
+                request.search,
+                on_evaluation=lambda record: (_write_record(log_file, record), progress.evaluated(record)),
+                on_decision=progress.decided,
+                log=note,
+            )
+        timings["search_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        found = outcome.formats
+        steps = _steps(outcome.decisions, search_eval, request.search.independent)
+        uniform8 = uniform_formats(qmodel, UNIFORM_BW, ranges, request.search.offset_rule)
+        accuracy = {"search": _accuracy(search_eval, found, uniform8)}
+        if inputs.held_out is not None:
+            held_eval = KerasEvaluator(qmodel, inputs.held_out, inputs.preprocess, request.batch_size)
+            accuracy["held_out"] = _accuracy(held_eval, found, uniform8)
+        timings["report_evaluation_seconds"] = time.perf_counter() - t0
+        qmodel.set_formats(found)
+        qmodel.save(str(tmp / "quantized.keras"))
+        timings["total_seconds"] = time.perf_counter() - started
+        result = RunResult(
+            model=_model_info(inputs),
+            data=_data_info(inputs, request.data),
+            settings=_settings_info(request),
+            layers=_layer_results(qmodel, outcome.decisions, magnitudes),
+            accuracy=accuracy,
+            costs=_costs(qmodel, found, request.input_bits),
+            steps=steps,
+            evaluations=outcome.evaluations,
+            timings=timings,
+            versions=versions(),
+            log=log_lines,
+        )
+        write_outputs(result, tmp)
+    return result
+
+
+def write_outputs(result: RunResult, folder: Path) -> None:
+    """formats.json, formats.csv, report.md and the plots, all rendered from ``result``."""
+    (folder / "formats.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (folder / "formats.csv").write_text(formats_csv(result))
+    (folder / "report.md").write_text(report_markdown(result))
+    plot_bitwidths(result, folder / "bitwidths.png")
+    plot_loss_steps(result, folder / "loss_steps.png")
+
+
+def _write_record(stream: IO[str], record: EvaluationRecord) -> None:
+    """One JSON line per evaluation, flushed at once so the log survives an interruption."""
+    line = {
+        "tensor": str(record.tensor),
+        "bw": record.fmt.bw,
+        "f": record.fmt.f,
+        "phase": record.phase,
+        "loss": record.loss,
+        "accepted": record.accepted,
+        "exact": record.exact,
+        "eps": record.eps,
+        "seconds": round(record.seconds, 6),
+        "cached": record.cached,
+    }
+    stream.write(json.dumps(line) + "\n")
+    stream.flush()
+
+
+class _Progress:
+    """A tqdm bar per tensor type (one bar when interleaved) with the current layer, format and loss."""
+
+    def __init__(self, qmodel: QuantizedModel, settings: SearchSettings) -> None:
+        plan = search_plan([q.tensors() for q in qmodel.layers], settings)
+        self.interleave = settings.interleave
+        self.totals: dict[str, int] = {}
+        for tensor, _, _ in plan:
+            key = "tensors" if self.interleave else KIND_NAMES[tensor.kind]
+            self.totals[key] = self.totals.get(key, 0) + 1
+        self.bar: tqdm[Any] | None = None
+        self.key: str | None = None
+
+    def _bar_for(self, tensor: TensorId) -> tqdm[Any]:
+        key = "tensors" if self.interleave else KIND_NAMES[tensor.kind]
+        if key != self.key or self.bar is None:
+            if self.bar is not None:
+                self.bar.close()
+            self.key = key
+            self.bar = tqdm(
+                total=self.totals[key], desc=f"{key:11s}", unit="tensor", file=sys.stderr, leave=True
+            )
+        return self.bar
+
+    def evaluated(self, record: EvaluationRecord) -> None:
+        self._bar_for(record.tensor).set_postfix_str(
+            f"{record.tensor.layer} {record.fmt} loss {record.loss:.3%}", refresh=False
+        )
+
+    def decided(self, decision: TensorDecision) -> None:
+        bar = self._bar_for(decision.tensor)
+        bar.set_postfix_str(
+            f"{decision.tensor.layer} -> {decision.fmt} loss {decision.loss:.3%}", refresh=False
+        )
+        bar.update(1)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _steps(
+    decisions: tuple[TensorDecision, ...], evaluator: KerasEvaluator, independent: bool
+) -> list[dict[str, Any]]:
+    """The loss of the network after each decision, in search order (paper Fig. 5b / 11a).
+
+    Dependent: each decision's own loss (it was measured with everything decided before it).
+    Independent: the decisions combined naively, measured one more time per step.
+    """
+    steps: list[dict[str, Any]] = []
+    applied: dict[TensorId, Format] = {}
+    previous = 0.0
+    for decision in decisions:
+        applied[decision.tensor] = decision.fmt
+        if independent:
+            loss = evaluator.evaluate(dict(applied)).loss
+        else:  # a pruned all-zero tensor was not evaluated: the network did not change
+            loss = decision.loss if decision.evaluations else previous
+        previous = loss
+        steps.append(
+            {"tensor": str(decision.tensor), "bw": decision.fmt.bw, "f": decision.fmt.f, "loss": loss}
+        )
+    return steps
+
+
+def _accuracy(
+    evaluator: KerasEvaluator, found: Mapping[TensorId, Format], uniform8: Mapping[TensorId, Format]
+) -> Accuracy:
+    q = evaluator.evaluate(found)
+    u = evaluator.evaluate(uniform8)
+    n = evaluator.samples
+    return Accuracy(n, evaluator.float_accuracy, q.correct / n, q.loss, u.correct / n, u.loss)
+
+
+def _costs(qmodel: QuantizedModel, found: Mapping[TensorId, Format], input_bits: int) -> dict[str, Costs]:
+    def as_costs(cost: Any) -> Costs:
+        return Costs(dict(cost.memory_bits_by_kind), cost.memory_bits, cost.multiply_cost, cost.bops)
+
+    layers = qmodel.layers
+    return {
+        "quantized": as_costs(network_cost(layers, {t: f.bw for t, f in found.items()}, input_bits)),
+        "uniform8": as_costs(network_cost(layers, uniform_bits(layers, UNIFORM_BW), input_bits)),
+        "float32": as_costs(network_cost(layers, uniform_bits(layers, FLOAT_BITS), FLOAT_BITS)),
+    }
+
+
+def _layer_results(
+    qmodel: QuantizedModel, decisions: tuple[TensorDecision, ...], magnitudes: Mapping[TensorId, float]
+) -> list[LayerResult]:
+    by_tensor = {d.tensor: d for d in decisions}
+    layers = []
+    for q in qmodel.layers:
+        tensors = {}
+        for tensor in q.tensors():
+            d = by_tensor[tensor]
+            tensors[tensor.kind] = TensorResult(
+                bw=d.fmt.bw,
+                f=d.fmt.f,
+                eps=d.eps,
+                loss=d.loss,
+                z=magnitudes[tensor],
+                bw0=d.bw0,
+                start=(d.start.bw, d.start.f),
+                diagonal=(d.diagonal.bw, d.diagonal.f),
+                local=(d.local.bw, d.local.f),
+                rule=d.rule,
+                evaluations=d.evaluations,
+            )
+        layers.append(
+            LayerResult(
+                q.index,
+                q.name,
+                q.class_name,
+                q.activation_at,
+                q.weight_count,
+                q.bias_count,
+                q.activation_count,
+                q.macs,
+                tensors,
+            )
+        )
+    return layers
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_info(inputs: Inputs) -> dict[str, Any]:
+    return {
+        "path": str(inputs.model_path),
+        "name": inputs.model_path.stem,
+        "sha256": sha256(inputs.model_path),
+        "input_shape": list(inputs.model.inputs[0].shape[1:]),
+        "classes": inputs.num_classes,
+    }
+
+
+def _data_info(inputs: Inputs, data: DataSettings) -> dict[str, Any]:
+    return {
+        "source": inputs.search.source.split(" [")[0],
+        "spec": data.spec,
+        "search_samples": len(inputs.search),
+        "held_out_samples": len(inputs.held_out) if inputs.held_out is not None else 0,
+        "search_fraction": data.search_fraction,
+        "seed": data.seed,
+        "scale": data.scale,
+        "resize": list(data.resize) if data.resize else None,
+    }
+
+
+def _settings_info(request: RunRequest) -> dict[str, Any]:
+    s = request.search
+    return {
+        "eps": s.eps,
+        "independent": s.independent,
+        "bw0": dict(s.bw0),
+        "bw0_step": s.bw0_step,
+        "bw0_cap": s.bw0_cap,
+        "delta": s.delta,
+        "offset_rule": s.offset_rule,
+        "type_order": list(s.type_order),
+        "layer_order": s.layer_order,
+        "interleave": s.interleave,
+        "allocation": {kind: asdict(rule) for kind, rule in s.allocation.items()},
+        "activation_point": request.activation_point,
+        "input_bits": request.input_bits,
+        "batch_size": request.batch_size,
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions that decide the numbers (recorded in formats.json)."""
+    return {
+        "optsearch": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def load_formats(path: Path, qmodel: QuantizedModel) -> dict[TensorId, Format]:
+    """The formats of a formats.json, checked against the model: every tensor, nothing else."""
+    try:
+        data = json.loads(path.read_text())
+        layers = data["layers"]
+        formats = {
+            TensorId(layer["name"], kind): Format(int(t["bw"]), int(t["f"]))
+            for layer in layers
+            for kind, t in layer["tensors"].items()
+        }
+    except FileNotFoundError as err:
+        raise OptsearchError(f"formats file not found: {path}") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OptsearchError(
+            f"{path} is not a formats.json written by `optsearch run` ({type(err).__name__}: {err})"
+        ) from err
+    expected = set(qmodel.tensors)
+    missing = sorted(str(t) for t in expected - set(formats))
+    extra = sorted(str(t) for t in set(formats) - expected)
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+            [f"not in the model {', '.join(extra[:5])}"] if extra else []
+        )
+        raise OptsearchError(f"{path} does not match the model: {'; '.join(parts)}")
+    return formats
