@@ -100,7 +100,7 @@ def as_functional(model: keras.Model) -> keras.Model:
                 f"model '{model.name}' has no input shape (it was never built); "
                 "save it after building it with an Input layer"
             ) from err
-        return keras.Model(inputs, outputs, name=model.name)
+        return keras.Model(inputs[0], outputs[0], name=model.name)
     if not hasattr(model, "_operations") or not getattr(model, "_is_graph_network", True):
         raise ModelError(
             f"model '{model.name}' ({type(model).__name__}) is a subclassed model with no layer graph; "
@@ -325,8 +325,10 @@ class QuantizedModel:
                     out = keras.layers.Softmax(name=owner + SOFTMAX_SUFFIX)(out)
             return out
 
-        self.keras_model: keras.Model = keras.models.clone_model(
-            functional, clone_function=clone_layer, call_function=call_layer
+        cloned = keras.models.clone_model(functional, clone_function=clone_layer, call_function=call_layer)
+        # One input and one output, not lists of one: callers pass plain arrays without a warning.
+        self.keras_model: keras.Model = keras.Model(
+            cloned.inputs[0], cloned.outputs[0], name=f"{model.name}_quantized"
         )
         for layer in functional.layers:
             if layer.weights:

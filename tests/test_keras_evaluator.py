@@ -84,7 +84,9 @@ _CACHE: dict[str, KerasEvaluator] = {}
 
 def _shared_evaluator() -> KerasEvaluator:
     if "e" not in _CACHE:
-        _CACHE["e"] = KerasEvaluator(quantized_model(_identity_model()), _data(), batch_size=16)
+        _CACHE["e"] = KerasEvaluator(
+            quantized_model(_identity_model()), _data(), batch_size=16, fragile_first=False
+        )
     return _CACHE["e"]
 
 
@@ -97,6 +99,22 @@ def test_early_stop_happens_in_the_first_batches() -> None:
     lost = np.cumsum(evaluator.data.y != 0)[15::16] - (len(evaluator.data) - evaluator.float_correct)
     stop = 16 * (int(np.argmax(lost / evaluator.float_correct > 0.01)) + 1)
     assert not result.exact and result.samples == stop < len(evaluator.data)
+
+
+def test_fragile_first_changes_no_loss_and_rejects_sooner() -> None:
+    """Float-wrong samples first, then by float margin (top-1 minus top-2): same losses, earlier rejection."""
+    ordered = KerasEvaluator(quantized_model(_identity_model()), _data(), batch_size=16)
+    plain = _shared_evaluator()
+    wrong = ordered.float_predictions != ordered.data.y
+    assert wrong[:20].all() and not wrong[20:].any()
+    top2 = np.sort(ordered.data.x[20:], axis=1)[:, -2:]
+    assert np.all(np.diff(top2[:, 1] - top2[:, 0]) >= 0)
+    assert ordered.float_correct == plain.float_correct
+    for fmt in (Format(2, 0), Format(3, 1), Format(4, 2), Format(8, 4)):
+        assert ordered.evaluate({A: fmt}).loss == plain.evaluate({A: fmt}).loss
+    early_ordered = ordered.evaluate({A: Format(2, 0)}, max_loss=0.0)
+    early_plain = plain.evaluate({A: Format(2, 0)}, max_loss=0.0)
+    assert not early_ordered.exact and early_ordered.samples <= early_plain.samples
 
 
 def test_independent_and_dependent_candidates(evaluator: KerasEvaluator) -> None:
