@@ -388,6 +388,14 @@ def _parse_order(text: str) -> tuple[str, ...]:
     "unless --overwrite; it appears only when the run has finished.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option(
+    "--cache-mb",
+    type=click.FloatRange(0.0),
+    default=1024.0,
+    show_default=True,
+    help="Memory for the activations upstream of the tensor being searched (computed once per tensor, "
+    "so each candidate runs only the rest of the network). Beyond it they are recomputed.",
+)
 def run(
     model: Path,
     data_spec: str,
@@ -411,6 +419,7 @@ def run(
     input_bits: int,
     out_dir: Path | None,
     overwrite: bool,
+    cache_mb: float,
 ) -> None:
     """Search the smallest format (BW, F) of every weights, biases and activations tensor of MODEL.
 
@@ -472,6 +481,7 @@ def run(
         activation_point=activation_point,  # type: ignore[arg-type]
         batch_size=batch_size,
         input_bits=input_bits,
+        cache_mb=cache_mb,
     )
     result = run_search(request, echo=click.echo)
     for line in summary_lines(result):

@@ -399,6 +399,49 @@ class QuantizedModel:
         for variable, values in zip(variables, self.float_values(tensor), strict=True):
             variable.assign(values if fmt is None else quantize(values, fmt))
 
+    def cut_node(self, tensor: TensorId) -> str:
+        """The layer where ``tensor`` enters the computation: its own layer (W, B) or its quantizer (A)."""
+        return tensor.layer + QUANTIZER_SUFFIX if tensor.kind == "A" else tensor.layer
+
+    def split(self, tensor: TensorId) -> tuple[keras.Model, keras.Model]:
+        """(prefix, suffix): the network cut just upstream of where ``tensor`` is applied.
+
+        Everything the prefix computes is independent of ``tensor``'s format, so a search can run
+        it once per tensor and only the suffix per candidate. The cut is every tensor that the
+        downstream part consumes from the upstream part (several for branched models). Both
+        models share the quantized model's layers, so ``set_formats`` applies to them too.
+        """
+        model = self.keras_model
+        nodes = [node for depth in sorted(model._nodes_by_depth) for node in model._nodes_by_depth[depth]]
+        consumers: dict[str, set[str]] = {}
+        inputs_of: dict[str, list[Any]] = {}
+        for node in nodes:
+            name = node.operation.name
+            inputs_of[name] = list(node.input_tensors)
+            for t in node.input_tensors:
+                consumers.setdefault(t._keras_history.operation.name, set()).add(name)
+        downstream: set[str] = set()
+        stack = [self.cut_node(tensor)]
+        while stack:
+            name = stack.pop()
+            if name not in downstream:
+                downstream.add(name)
+                stack.extend(consumers.get(name, ()))
+        cut: dict[int, Any] = {}
+        for name in downstream:
+            for t in inputs_of[name]:
+                if t._keras_history.operation.name not in downstream:
+                    cut[id(t)] = t
+        # A stable order: the order in which the producing layers appear in the model.
+        order = {layer.name: i for i, layer in enumerate(model.operations)}
+        cut_tensors = sorted(
+            cut.values(),
+            key=lambda t: (order[t._keras_history.operation.name], t._keras_history.tensor_index),
+        )
+        prefix = keras.Model(model.inputs[0], cut_tensors, name=f"prefix_{self.cut_node(tensor)}")
+        suffix = keras.Model(cut_tensors, model.outputs[0], name=f"suffix_{self.cut_node(tensor)}")
+        return prefix, suffix
+
     def activation_probe(self) -> keras.Model:
         """A model that returns every ``A_l`` (the quantizer outputs), in layer order."""
         outputs = [self.quantizer(q.name).output for q in self.layers]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from optsearch import __version__
 from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
+from optsearch.engine import DEFAULT_CACHE_MB, CachedEvaluator
 from optsearch.errors import OptsearchError
 from optsearch.fixedpoint import Format
 from optsearch.graph import QuantizedModel, uniform_formats
@@ -51,6 +52,7 @@ class RunRequest:
     activation_point: ActivationPoint = "activation"
     batch_size: int = DEFAULT_BATCH_SIZE
     input_bits: int = 8
+    cache_mb: float = DEFAULT_CACHE_MB
 
 
 def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
@@ -72,7 +74,9 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ranges = activation_ranges(qmodel, inputs.search, inputs.preprocess, request.batch_size)
-    search_eval = KerasEvaluator(qmodel, inputs.search, inputs.preprocess, request.batch_size)
+    search_eval = CachedEvaluator(
+        qmodel, inputs.search, inputs.preprocess, request.batch_size, request.cache_mb
+    )
     timings["setup_seconds"] = time.perf_counter() - t0
     echo(f"float accuracy on the search set: {search_eval.float_accuracy:.2%}")
     magnitudes = {
@@ -118,7 +122,7 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
             costs=_costs(qmodel, found, request.input_bits),
             steps=steps,
             evaluations=outcome.evaluations,
-            timings=timings,
+            timings={**timings, "forward_passes": float(search_eval.passes)},
             versions=versions(),
             log=log_lines,
         )
@@ -328,6 +332,7 @@ def _settings_info(request: RunRequest) -> dict[str, Any]:
         "activation_point": request.activation_point,
         "input_bits": request.input_bits,
         "batch_size": request.batch_size,
+        "cache_mb": request.cache_mb,
     }
 
 

@@ -200,8 +200,11 @@ class _TensorSearch:
         self.seen: dict[Format, Evaluation] = {}
         self.evaluations = 0
 
-    def loss(self, fmt: Format, phase: Phase) -> Evaluation:
-        """EvalAccLossCNN for a candidate; a format already evaluated for this tensor is reused."""
+    def loss(self, fmt: Format, phase: Phase, max_loss: float | None = None) -> Evaluation:
+        """EvalAccLossCNN for a candidate; a format already evaluated for this tensor is reused.
+
+        The evaluator may stop once the loss exceeds ``max_loss`` (default: the budget).
+        """
         cached = fmt in self.seen
         if not cached:
             self.seen[fmt] = eval_acc_loss(
@@ -210,7 +213,7 @@ class _TensorSearch:
                 fmt,
                 independent=self.settings.independent,
                 decided=self.decided,
-                max_loss=self.eps,
+                max_loss=self.eps if max_loss is None else max_loss,
             )
             self.evaluations += 1
         result = self.seen[fmt]
@@ -221,7 +224,7 @@ class _TensorSearch:
                     fmt,
                     phase,
                     result.loss,
-                    result.accepted(self.eps),
+                    result.exact and result.accepted(self.eps),
                     result.exact,
                     self.eps,
                     0.0 if cached else result.seconds,
@@ -248,14 +251,18 @@ class _TensorSearch:
             best = Format(best.bw - 1, best.f)
         diagonal, diagonal_loss = best, self.seen[best].loss
         # Local search over the 3x3 neighbourhood (lines 20-24): lowest loss, ties lower BW then F.
-        neighbours = [
-            Format(diagonal.bw + i, diagonal.f + j)
-            for i in (-1, 0, 1)
-            for j in (-1, 0, 1)
-            if diagonal.bw + i >= PRUNED_BW
-        ]
-        acceptable = [(self.loss(fmt, "local").loss, fmt.bw, fmt.f, fmt) for fmt in neighbours]
-        local_loss, _, _, local = min(entry for entry in acceptable if entry[0] <= self.eps)
+        # The centre is the best so far; a neighbour may stop once its loss exceeds the best (strictly,
+        # so ties are measured exactly and the tie rules hold).
+        best = (diagonal_loss, diagonal.bw, diagonal.f, diagonal)
+        for i in (-1, 0, 1):
+            for j in (-1, 0, 1):
+                fmt = Format(diagonal.bw + i, diagonal.f + j) if diagonal.bw + i >= PRUNED_BW else None
+                if fmt is None or fmt == diagonal:
+                    continue
+                result = self.loss(fmt, "local", max_loss=min(self.eps, best[0]))
+                if result.exact and result.loss <= self.eps:
+                    best = min(best, (result.loss, fmt.bw, fmt.f, fmt))
+        local_loss, _, _, local = best
         fmt, rule = self._choose(diagonal, diagonal_loss, local, local_loss)
         loss = self.seen[fmt].loss
         return self._decision(
@@ -270,10 +277,18 @@ class _TensorSearch:
             return bw0, fmt
         while not self.ok(fmt, "start"):
             if bw0 >= self.settings.bw0_cap:
+                dependent = (
+                    ""
+                    if self.settings.independent
+                    else (
+                        "; in a dependent search this is mostly the loss of the tensors decided before it, "
+                        "so an order or allocation that leaves later tensors more budget can help (--budget)"
+                    )
+                )
                 raise SearchError(
                     f"{self.describe()}: no acceptable format even at {fmt} "
-                    f"(loss {self.seen[fmt].loss:.4%} > budget {self.eps:.4%}); "
-                    "give a larger --eps or check that the float model is right"
+                    f"(loss {self.seen[fmt].loss:.4%} > its budget {self.eps:.4%}){dependent}; "
+                    "or give a larger --eps"
                 )
             bw0 = min(bw0 + self.settings.bw0_step, self.settings.bw0_cap)
             if self.log is not None:
