@@ -253,16 +253,16 @@ class _TensorSearch:
         # Local search over the 3x3 neighbourhood (lines 20-24): lowest loss, ties lower BW then F.
         # The centre is the best so far; a neighbour may stop once its loss exceeds the best (strictly,
         # so ties are measured exactly and the tie rules hold).
-        best = (diagonal_loss, diagonal.bw, diagonal.f, diagonal)
+        leader: tuple[float, int, int, Format] = (diagonal_loss, diagonal.bw, diagonal.f, diagonal)
         for i in (-1, 0, 1):
             for j in (-1, 0, 1):
                 fmt = Format(diagonal.bw + i, diagonal.f + j) if diagonal.bw + i >= PRUNED_BW else None
                 if fmt is None or fmt == diagonal:
                     continue
-                result = self.loss(fmt, "local", max_loss=min(self.eps, best[0]))
+                result = self.loss(fmt, "local", max_loss=min(self.eps, leader[0]))
                 if result.exact and result.loss <= self.eps:
-                    best = min(best, (result.loss, fmt.bw, fmt.f, fmt))
-        local_loss, _, _, local = best
+                    leader = min(leader, (result.loss, fmt.bw, fmt.f, fmt))
+        local_loss, _, _, local = leader
         fmt, rule = self._choose(diagonal, diagonal_loss, local, local_loss)
         loss = self.seen[fmt].loss
         return self._decision(
