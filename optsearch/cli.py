@@ -59,17 +59,20 @@ class _Group(click.Group):
 def _quiet_tensorflow() -> None:
     """Import TensorFlow with its start-up chatter (absl, oneDNN notices) sent to /dev/null."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    if "tensorflow" not in sys.modules:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                import keras  # noqa: F401
+                import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    import tensorflow
+
+    # One traced function per searched tensor is by design: no "retracing" notices.
+    tensorflow.get_logger().setLevel("ERROR")
 
 
 def model_options(fn: F) -> F:
