@@ -65,7 +65,7 @@ def _quiet_tensorflow() -> None:
             with open(os.devnull, "w") as devnull:
                 os.dup2(devnull.fileno(), 2)
                 import keras  # noqa: F401
-                import tensorflow  # noqa: F401
+                import tensorflow
         finally:
             os.dup2(saved, 2)
             os.close(saved)
