@@ -44,7 +44,7 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError):
             raise
         except Exception as err:
             if os.environ.get("OPTSEARCH_DEBUG"):
@@ -510,4 +510,9 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="optsearch")
+    try:
+        cli(prog_name="optsearch")
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
