@@ -93,6 +93,16 @@ def model_options(fn: F) -> F:
     )(fn)
 
 
+offset_rule_option = click.option(
+    "--offset-rule",
+    type=click.Choice(OFFSET_RULES),
+    default="paper",
+    show_default=True,
+    help="How F0 follows from a tensor's largest magnitude Z (eq. 8): paper = BW-1-ceil(log2 Z), which "
+    "may clip Z by one LSB; noclip = the largest F that represents Z.",
+)
+
+
 def data_options(fn: F) -> F:
     """Options about the evaluation data and the search/held-out split (spec §4)."""
     options = [
@@ -200,14 +210,7 @@ def inspect(model: Path, unsafe_load: bool, activation_point: str) -> None:
     show_default=True,
     help="Bitwidth of the uniform baseline: every weight, bias and activation at (BW, F0(BW)).",
 )
-@click.option(
-    "--offset-rule",
-    type=click.Choice(OFFSET_RULES),
-    default="paper",
-    show_default=True,
-    help="How F0 is chosen from a tensor's largest magnitude Z: paper = BW-1-ceil(log2 Z) (may clip "
-    "Z by one LSB), noclip = the largest F that represents Z.",
-)
+@offset_rule_option
 @click.option(
     "--formats",
     "formats_file",
@@ -331,14 +334,7 @@ def _parse_order(text: str) -> tuple[str, ...]:
     help="The local search's result replaces the diagonal's only if its loss is lower by at least this; "
     "otherwise the one with fewer bits wins (Alg. 2, lines 25-34).",
 )
-@click.option(
-    "--offset-rule",
-    type=click.Choice(OFFSET_RULES),
-    default="paper",
-    show_default=True,
-    help="How the starting F0 follows from a tensor's largest magnitude Z: paper = BW0-1-ceil(log2 Z), "
-    "noclip = the largest F that represents Z.",
-)
+@offset_rule_option
 @click.option(
     "--order",
     "type_order",
