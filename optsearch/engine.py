@@ -84,6 +84,8 @@ class CachedEvaluator(KerasEvaluator):
         """Traced prefix and suffix functions for the cut of ``varying`` (built once per cut)."""
         node = self.qmodel.cut_node(varying)
         if node not in self._splits:
+            # Only the current cut is kept: its traced graphs are large, and a search moves on.
+            self._splits.clear()
             prefix, suffix = self.qmodel.split(varying)
 
             @tf.function(reduce_retracing=True)
