@@ -146,5 +146,6 @@ class CachedEvaluator(KerasEvaluator):
             return ("covers", fmt.f) if fmt.max_value >= self._cut_range else ("format", fmt.bw, fmt.f)
         digest = hashlib.sha1()
         for values in self.qmodel.float_values(tensor):
-            digest.update(quantize(values, fmt).tobytes())
+            # Keyed on values: -0.0 and +0.0 weights compute the same predictions ("+ 0.0" unifies them).
+            digest.update((quantize(values, fmt) + values.dtype.type(0.0)).tobytes())
         return ("values", digest.hexdigest())

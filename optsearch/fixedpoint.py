@@ -96,11 +96,11 @@ def quantize(x: npt.ArrayLike, fmt: Format) -> np.ndarray:
     a = np.asarray(x)
     if not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
+    if fmt.pruned:  # all +0.0 (the Keras layer returns zeros too, not a clip to [-0, 0])
+        return np.zeros_like(a)
     scale = np.asarray(math.ldexp(1.0, fmt.f), dtype=a.dtype)
     t = np.asarray(fmt.max_code, dtype=a.dtype)
-    codes = np.clip(np.rint(a * scale), -t, t)
-    codes = np.where(codes == 0, a.dtype.type(0.0), codes)  # one zero: +0.0, never -0.0
-    result: np.ndarray = (codes / scale).astype(a.dtype, copy=False)
+    result: np.ndarray = (np.clip(np.rint(a * scale), -t, t) / scale).astype(a.dtype, copy=False)
     return result
 
 

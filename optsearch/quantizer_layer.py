@@ -64,11 +64,16 @@ class FixedPointQuantizer(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         ops = keras.ops
         x = ops.cast(inputs, "float32")
-        codes = ops.clip(ops.round(x * self.scale), -self.threshold, self.threshold)
-        # One zero, +0.0, as the numpy quantizer gives: a select, which graph optimisation keeps
-        # (an "x + 0.0" would be folded away and leave -0.0 from rounding or clipping).
-        codes = ops.where(ops.equal(codes, 0.0), ops.zeros_like(codes), codes)
-        return ops.where(self.enabled_flag > 0.0, codes / self.scale, x)
+
+        def quantized() -> Any:
+            return ops.clip(ops.round(x * self.scale), -self.threshold, self.threshold) / self.scale
+
+        def active() -> Any:
+            # A pruned format (t = 0) is all +0.0, as in numpy; clipping to [-0, 0] could give -0.0.
+            return ops.cond(self.threshold > 0.0, quantized, lambda: ops.zeros_like(x))
+
+        # Branches, not a select: a disabled quantizer costs nothing, and only one path is computed.
+        return ops.cond(self.enabled_flag > 0.0, active, lambda: x)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape

@@ -44,14 +44,16 @@ def test_compiled_layer_is_bit_identical_to_numpy(bw: int, f: int, x: np.ndarray
     np.testing.assert_array_equal(_bits(out), _bits(quantize(x, Format(bw, f))))
 
 
-def test_negative_zero_becomes_positive_zero() -> None:
-    x = np.array([-0.0, -0.3, 0.2, -1e-30], dtype=np.float32)
+def test_signed_zeros_agree_and_pruned_is_positive_zero() -> None:
+    """Rounding -0.3 gives -0.0 in both paths alike; a pruned format gives +0.0 everywhere."""
+    x = np.array([-0.0, -0.3, 0.2, -1e-30, 5.0], dtype=np.float32)
     for fmt in (Format(1, 0), Format(4, 0)):
         expected = quantize(x, fmt)
-        assert not np.any(np.signbit(expected))
         layer = FixedPointQuantizer(fmt.bw, fmt.f)
         out = tf.function(lambda t, layer=layer: layer(t))(tf.constant(x)).numpy()
         np.testing.assert_array_equal(_bits(out), _bits(expected))
+    assert not np.any(np.signbit(quantize(x, Format(1, 0))))
+    assert np.signbit(quantize(x, Format(4, 0))[1])
 
 
 def test_half_way_points_round_to_even_in_the_layer() -> None:
