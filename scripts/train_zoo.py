@@ -66,10 +66,10 @@ MODEL_ORDER: tuple[tuple[str, str], ...] = (
 #: trains in about an hour or less (see models/README.md for the measured times).
 DEFAULT_EPOCHS: dict[str, int] = {
     "sequential_mnist": 15,
-    "sequential_fashion_mnist": 30,
+    "sequential_fashion_mnist": 20,
     "sequential_cifar10": 40,
     "branched_mnist": 12,
-    "branched_fashion_mnist": 15,
+    "branched_fashion_mnist": 12,
     "branched_cifar10": 40,
 }
 
@@ -554,21 +554,23 @@ def _training_section(records: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "## Training",
         "",
-        "Adam, batch size, learning rate with cosine decay over all steps, sparse categorical "
-        "cross-entropy; deterministic seeds (`keras.utils.set_random_seed`, TensorFlow op "
-        "determinism); each epoch's order and augmentation drawn from `numpy.random.default_rng([seed, "
-        "epoch])`. The last 10% of each training file is held out for validation (never trained on).",
+        "Adam on sparse categorical cross-entropy, batch size as below, the learning rate "
+        "cosine-decayed over all steps from the start to the end rate below; deterministic seeds "
+        "(`keras.utils.set_random_seed`, TensorFlow op determinism); each epoch's order and "
+        "augmentation drawn from `numpy.random.default_rng([seed, epoch])`. The last 10% of each "
+        "training file is held out for validation (never trained on).",
         "",
-        "| model | architecture | input | epochs | batch | start lr | augmentation | seed "
+        "| model | architecture | input | epochs | batch | start lr | end lr | augmentation | seed "
         "| final val. accuracy | data file (sha256) | train / validation / test |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---|---|",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for name, rec in records.items():
         t, d = rec["training"], rec["data"]
         val = rec.get("validation_accuracy")
         lines.append(
             f"| `{name}` | {rec['architecture']} | {'x'.join(map(str, rec['input_shape']))} "
-            f"| {rec['epochs']} | {t['batch_size']} | {t['learning_rate']:g} | {t['augmentation']} "
+            f"| {rec['epochs']} | {t['batch_size']} | {t['learning_rate']:g} "
+            f"| {t['learning_rate'] * t['lr_floor']:g} | {t['augmentation']} "
             f"| {t['seed']} | {'' if val is None else f'{val:.2%}'} | `{d['file']}` (`{d['sha256'][:16]}…`) "
             f"| {d['train']} / {d['validation']} / {d['test']} |"
         )

@@ -167,7 +167,13 @@ def test_readme_renders_finished_models_and_gaps(tz: ModuleType, tmp_path: Path)
         "test_accuracy": 0.5,
         "validation_accuracy": 0.49,
         "sha256": "ab" * 32,
-        "training": {"batch_size": 128, "learning_rate": 0.001, "augmentation": "none", "seed": 0},
+        "training": {
+            "batch_size": 128,
+            "learning_rate": 0.001,
+            "lr_floor": 0.01,
+            "augmentation": "none",
+            "seed": 0,
+        },
         "data": {"file": "cifar10.npz", "sha256": "cd" * 32, "train": "a", "validation": "b", "test": "c"},
         "software": {"tensorflow": "x", "keras": "y", "python": "z", "machine": "m"},
     }
@@ -176,6 +182,7 @@ def test_readme_renders_finished_models_and_gaps(tz: ModuleType, tmp_path: Path)
     assert "| `sequential_cifar10.keras` | 327,594 | 52.87 M | 15 | 3 | 10 min | 200 | 50.00% (*)" in text
     assert "JPEG" in text and "not available offline" in text and "train_32x32.mat" in text
     assert "| `sequential_mnist` | | | | | not trained yet" in text
+    assert "| 128 | 0.001 | 1e-05 | none | 0 | 49.00% |" in text
 
 
 def test_default_slice_is_stratified_and_deterministic(tz: ModuleType, tmp_path: Path) -> None:
