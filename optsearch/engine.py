@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
 
 from optsearch.data import Dataset, Preprocess, batches
-from optsearch.evaluator import Evaluation, relative_loss
+from optsearch.evaluator import Evaluation
 from optsearch.fixedpoint import Format, quantize
 from optsearch.graph import QuantizedModel
 from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE, KerasEvaluator
@@ -120,19 +120,14 @@ class CachedEvaluator(KerasEvaluator):
     def _run_suffix(self, varying: TensorId, max_loss: float | None, start: float) -> Evaluation:
         """Count correct predictions batch by batch, from the cache where possible, stopping early."""
         run_prefix, run_suffix = self._split(varying)
-        total = len(self.data)
-        correct = seen = 0
-        for index, (x, y) in enumerate(batches(self.data, self.batch_size, self.preprocess)):
-            cut = self._cached[index] if index < len(self._cached) else [t.numpy() for t in run_prefix(x)]
-            correct += int(np.sum(run_suffix(*cut).numpy() == y))
-            seen += len(y)
-            if max_loss is not None and seen < total:
-                bound = relative_loss(self.float_correct, correct + (total - seen))
-                if bound > max_loss:
-                    return Evaluation(bound, correct, seen, False, time.perf_counter() - start)
-        return Evaluation(
-            relative_loss(self.float_correct, correct), correct, seen, True, time.perf_counter() - start
-        )
+
+        def predicted() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for index, (x, y) in enumerate(batches(self.data, self.batch_size, self.preprocess)):
+                cached = index < len(self._cached)
+                cut = self._cached[index] if cached else [t.numpy() for t in run_prefix(x)]
+                yield run_suffix(*cut).numpy(), y
+
+        return self._count(predicted(), max_loss, start)
 
     def _content_key(self, tensor: TensorId, fmt: Format | None) -> Hashable:
         """Formats with the same key give the same network output on this data (see module doc)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -108,17 +108,31 @@ class KerasEvaluator:
         start = time.perf_counter()
         self.evaluations += 1
         self.qmodel.set_formats(formats)
+        predicted = (
+            (self._predict(x).numpy(), y) for x, y in batches(self.data, self.batch_size, self.preprocess)
+        )
+        return self._count(predicted, max_loss, start)
+
+    def _count(
+        self, predicted: Iterator[tuple[np.ndarray, np.ndarray]], max_loss: float | None, start: float
+    ) -> Evaluation:
+        """The loss from (predicted classes, labels) batches, stopping once ``max_loss`` is out of reach.
+
+        After each batch: if even every remaining sample being right would leave the loss above
+        ``max_loss``, stop and return that lower bound (``exact=False``); the decision is unchanged.
+        """
         total = len(self.data)
         correct = seen = 0
-        for x, y in batches(self.data, self.batch_size, self.preprocess):
-            correct += int(np.sum(self._predict(x).numpy() == y))
+        for classes, y in predicted:
+            correct += int(np.sum(classes == y))
             seen += len(y)
             if max_loss is not None and seen < total:
                 bound = relative_loss(self.float_correct, correct + (total - seen))
                 if bound > max_loss:
                     return Evaluation(bound, correct, seen, False, time.perf_counter() - start)
-        loss = relative_loss(self.float_correct, correct)
-        return Evaluation(loss, correct, seen, True, time.perf_counter() - start)
+        return Evaluation(
+            relative_loss(self.float_correct, correct), correct, seen, True, time.perf_counter() - start
+        )
 
 
 def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tf.Tensor]:
