@@ -2,8 +2,10 @@
 
 The search asks one question: with these tensors quantized to these formats, what is the relative
 accuracy loss? ``varying`` says which tensor changes between calls (an engine may cache everything
-upstream of it) and ``max_loss`` says which loss would already be rejected (an engine may stop
-early and return a lower bound, marked ``exact=False``; the accept/reject decision stays exact).
+upstream of it), ``max_loss`` says which loss would already be rejected and ``must_beat`` which
+loss the candidate must stay below to matter (the local search's tie rules). An engine may stop
+as soon as the answer is settled (``settled``) and return a lower bound, marked ``exact=False``:
+every decision of the search stays exact.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Evaluation:
     """Correct top-1 predictions among the ``samples`` evaluated."""
     samples: int
     exact: bool
-    """False when evaluation stopped early because the loss already exceeded ``max_loss``."""
+    """False when evaluation stopped early because the answer was settled (see ``settled``)."""
     seconds: float
 
     def accepted(self, eps: float) -> bool:
@@ -48,9 +50,19 @@ class Evaluator(Protocol):
         *,
         varying: TensorId | None = None,
         max_loss: float | None = None,
+        must_beat: float | None = None,
     ) -> Evaluation:
         """Quantize exactly the tensors in ``formats`` (all others float) and measure the loss."""
         ...
+
+
+def settled(bound: float, max_loss: float | None, must_beat: float | None) -> bool:
+    """Whether a loss known to be at least ``bound`` already answers the search's question.
+
+    It does when the candidate is rejected for sure (``bound > max_loss``) or can no longer be
+    strictly better than the best so far (``bound >= must_beat``), so its exact loss is never used.
+    """
+    return (max_loss is not None and bound > max_loss) or (must_beat is not None and bound >= must_beat)
 
 
 def relative_loss(float_correct: int, quantized_correct: int) -> float:
@@ -84,7 +96,8 @@ def eval_acc_loss(
     independent: bool,
     decided: Mapping[TensorId, Format],
     max_loss: float | None = None,
+    must_beat: float | None = None,
 ) -> Evaluation:
     """EvalAccLossCNN (Alg. 1): the loss of the network with ``tensor`` at ``fmt``."""
     formats = candidate_formats(tensor, fmt, independent=independent, decided=decided)
-    return evaluator.evaluate(formats, varying=tensor, max_loss=max_loss)
+    return evaluator.evaluate(formats, varying=tensor, max_loss=max_loss, must_beat=must_beat)

@@ -288,6 +288,21 @@ def _macs(layer: Any, out: tuple[int | None, ...]) -> int:
     return positions * int(np.prod(layer.kernel.shape))
 
 
+@dataclass(frozen=True)
+class Segment:
+    """The network between two cuts (``QuantizedModel.segment``).
+
+    ``model`` maps the sources at ``inputs`` (indices into the first cut) to the tensors of the
+    second cut that it computes (None when it computes none); ``picks`` gives, per tensor of the
+    second cut, ``("source", i)`` (passed through from the first cut) or ``("computed", j)``.
+    """
+
+    model: keras.Model | None
+    inputs: tuple[int, ...]
+    picks: tuple[tuple[str, int], ...]
+    sources: int
+
+
 class QuantizedModel:
     """A clone of a float model with an activation quantizer at every ``A_l``, formats set in place.
 
@@ -403,13 +418,10 @@ class QuantizedModel:
         """The layer where ``tensor`` enters the computation: its own layer (W, B) or its quantizer (A)."""
         return tensor.layer + QUANTIZER_SUFFIX if tensor.kind == "A" else tensor.layer
 
-    def split(self, tensor: TensorId) -> tuple[keras.Model, keras.Model]:
-        """(prefix, suffix): the network cut just upstream of where ``tensor`` is applied.
+    def cut_tensors(self, tensor: TensorId) -> list[Any]:
+        """Every symbolic tensor that the part downstream of ``tensor``'s cut consumes from upstream.
 
-        Everything the prefix computes is independent of ``tensor``'s format, so a search can run
-        it once per tensor and only the suffix per candidate. The cut is every tensor that the
-        downstream part consumes from the upstream part (several for branched models). Both
-        models share the quantized model's layers, so ``set_formats`` applies to them too.
+        One for a chain, several for branched models; in a stable order (the producing layers' order).
         """
         model = self.keras_model
         nodes = [node for depth in sorted(model._nodes_by_depth) for node in model._nodes_by_depth[depth]]
@@ -432,15 +444,69 @@ class QuantizedModel:
             for t in inputs_of[name]:
                 if t._keras_history.operation.name not in downstream:
                     cut[id(t)] = t
-        # A stable order: the order in which the producing layers appear in the model.
         order = {layer.name: i for i, layer in enumerate(model.operations)}
-        cut_tensors = sorted(
+        return sorted(
             cut.values(),
             key=lambda t: (order[t._keras_history.operation.name], t._keras_history.tensor_index),
         )
+
+    def split(self, tensor: TensorId) -> tuple[keras.Model, keras.Model]:
+        """(prefix, suffix): the network cut just upstream of where ``tensor`` is applied.
+
+        Everything the prefix computes is independent of ``tensor``'s format, so a search can run
+        it once per tensor and only the suffix per candidate. The cut is ``cut_tensors(tensor)``.
+        Both models share the quantized model's layers, so ``set_formats`` applies to them too.
+        """
+        model = self.keras_model
+        cut_tensors = self.cut_tensors(tensor)
         prefix = keras.Model(model.inputs[0], cut_tensors, name=f"prefix_{self.cut_node(tensor)}")
         suffix = keras.Model(cut_tensors, model.outputs[0], name=f"suffix_{self.cut_node(tensor)}")
         return prefix, suffix
+
+    def segment(self, start: TensorId, end: TensorId) -> Segment | None:
+        """The part between two cuts: from ``cut_tensors(start)`` to ``cut_tensors(end)``.
+
+        None when ``end``'s cut is not computable from ``start``'s alone (it is upstream, or a branch
+        bypasses ``start``'s cut). Lets a search move its cached activations from one tensor's cut
+        to the next one's without running the network from the input again.
+        """
+        sources, targets = self.cut_tensors(start), self.cut_tensors(end)
+        position = {id(t): i for i, t in enumerate(sources)}
+        used: set[int] = set()
+        seen: set[int] = set()
+        stack = [t for t in targets if id(t) not in position]
+        while stack:
+            t = stack.pop()
+            if id(t) in position:
+                used.add(position[id(t)])
+                continue
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            operation, node_index, _ = t._keras_history
+            parents = list(operation._inbound_nodes[node_index].input_tensors)
+            if not parents:  # reached the model's input without crossing start's cut
+                return None
+            stack.extend(parents)
+        computed = [t for t in targets if id(t) not in position]
+        inputs = sorted(used)
+        model = (
+            keras.Model(
+                [sources[i] for i in inputs],
+                computed,
+                name=f"segment_{self.cut_node(start)}_{self.cut_node(end)}",
+            )
+            if computed
+            else None
+        )
+        picks, j = [], 0
+        for t in targets:
+            if id(t) in position:
+                picks.append(("source", position[id(t)]))
+            else:
+                picks.append(("computed", j))
+                j += 1
+        return Segment(model, tuple(inputs), tuple(picks), len(sources))
 
     def activation_probe(self) -> keras.Model:
         """A model that returns every ``A_l`` (the quantizer outputs), in layer order."""

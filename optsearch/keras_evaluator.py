@@ -10,25 +10,49 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from optsearch.data import Dataset, Preprocess, batches
 from optsearch.errors import DataError
-from optsearch.evaluator import Evaluation, relative_loss
+from optsearch.evaluator import Evaluation, relative_loss, settled
 from optsearch.fixedpoint import Format
 from optsearch.graph import QuantizedModel
 from optsearch.tensors import TensorId
 
 DEFAULT_BATCH_SIZE = 500
 
+#: The first chunk of an evaluation is this fraction of the batch size; chunks then double up to
+#: the batch size. A rejected candidate usually fails on the first fragile samples (see bench).
+FIRST_CHUNK_FRACTION = 8
+
+
+def chunk_bounds(total: int, batch_size: int, first: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` sample ranges: ``first`` samples, then doubling up to ``batch_size`` each.
+
+    Early rejection checks the bound after every chunk, so small leading chunks let a candidate
+    that misses the fragile samples stop after a few of them, while accepted candidates (which
+    must see every sample) still run in full batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    size = min(batch_size, first if first is not None else max(1, batch_size // FIRST_CHUNK_FRACTION))
+    bounds, start = [], 0
+    while start < total:
+        stop = min(total, start + size)
+        bounds.append((start, stop))
+        start, size = stop, min(batch_size, 2 * size)
+    return bounds
+
 
 class KerasEvaluator:
     """Top-1 accuracy of a ``QuantizedModel`` on a search set, and the relative loss of eq. 6.
 
-    Implements the ``Evaluator`` protocol. With ``max_loss`` set, a candidate stops as soon as even
-    all remaining samples being correct could not bring its loss down to ``max_loss``: the returned
-    loss is then a lower bound (``exact=False``) and the accept/reject decision is unchanged.
+    Implements the ``Evaluator`` protocol. With ``max_loss`` (or ``must_beat``) set, a candidate stops
+    as soon as even all remaining samples being correct could not bring its loss down to ``max_loss``
+    (below ``must_beat``): the returned loss is then a lower bound (``exact=False``) and the search's
+    decisions are unchanged.
     With ``fragile_first`` the samples most likely to be missed come first: those the float model
     already gets wrong, then the rest by the float model's top-1 margin, smallest first. The early
     bound is ``misses seen - float misses in all``, so these orderings reject in the first batches.
@@ -42,15 +66,17 @@ class KerasEvaluator:
         preprocess: Preprocess | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         fragile_first: bool = True,
+        first_chunk: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.qmodel = qmodel
         self.data = data
         self.preprocess = preprocess or Preprocess()
         self.batch_size = batch_size
+        self.chunks = chunk_bounds(len(data), batch_size, first_chunk)
         self._predict = _compiled_argmax(qmodel)
         self.evaluations = 0
+        self.samples_run = 0
+        """Samples put through the network by ``evaluate`` (early rejection makes it smaller)."""
         qmodel.set_formats({})
         if fragile_first:
             margins, predicted = self._float_margins(qmodel)
@@ -83,6 +109,11 @@ class KerasEvaluator:
             predicted.append(top2.indices.numpy()[:, 0])
         return np.concatenate(margins), np.concatenate(predicted).astype(np.int64)
 
+    def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(float32 x, y)`` for every chunk of ``self.chunks``, in order."""
+        for start, stop in self.chunks:
+            yield self.preprocess(self.data.x[start:stop]), self.data.y[start:stop]
+
     def _predictions(self) -> np.ndarray:
         """Predicted classes of the model in its current state, for every sample."""
         parts = [self._predict(x).numpy() for x, _ in batches(self.data, self.batch_size, self.preprocess)]
@@ -103,43 +134,52 @@ class KerasEvaluator:
         *,
         varying: TensorId | None = None,
         max_loss: float | None = None,
+        must_beat: float | None = None,
     ) -> Evaluation:
         """Quantize exactly ``formats`` and measure ``da`` on the search set (Alg. 1)."""
         start = time.perf_counter()
         self.evaluations += 1
         self.qmodel.set_formats(formats)
-        predicted = (
-            (self._predict(x).numpy(), y) for x, y in batches(self.data, self.batch_size, self.preprocess)
-        )
-        return self._count(predicted, max_loss, start)
+        predicted = ((self._predict(x).numpy(), y) for x, y in self._chunks())
+        return self._count(predicted, max_loss, must_beat, start)
 
     def _count(
-        self, predicted: Iterator[tuple[np.ndarray, np.ndarray]], max_loss: float | None, start: float
+        self,
+        predicted: Iterator[tuple[np.ndarray, np.ndarray]],
+        max_loss: float | None,
+        must_beat: float | None,
+        start: float,
     ) -> Evaluation:
-        """The loss from (predicted classes, labels) batches, stopping once ``max_loss`` is out of reach.
+        """The loss from (predicted classes, labels) chunks, stopping once the answer is settled.
 
-        After each batch: if even every remaining sample being right would leave the loss above
-        ``max_loss``, stop and return that lower bound (``exact=False``); the decision is unchanged.
+        After each chunk: if even every remaining sample being right would leave the loss above
+        ``max_loss`` (or not below ``must_beat``), stop and return that lower bound (``exact=False``).
         """
         total = len(self.data)
         correct = seen = 0
         for classes, y in predicted:
             correct += int(np.sum(classes == y))
             seen += len(y)
-            if max_loss is not None and seen < total:
+            self.samples_run += len(y)
+            if (max_loss is not None or must_beat is not None) and seen < total:
                 bound = relative_loss(self.float_correct, correct + (total - seen))
-                if bound > max_loss:
+                if settled(bound, max_loss, must_beat):
                     return Evaluation(bound, correct, seen, False, time.perf_counter() - start)
         return Evaluation(
             relative_loss(self.float_correct, correct), correct, seen, True, time.perf_counter() - start
         )
 
 
+def input_spec(tensors: list[keras.KerasTensor], dtype: tf.DType | None = None) -> list[tf.TensorSpec]:
+    """Signatures with any batch size for Keras symbolic tensors: one trace serves every chunk."""
+    return [tf.TensorSpec((None, *t.shape[1:]), dtype or t.dtype) for t in tensors]
+
+
 def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tf.Tensor]:
     """One traced forward function returning argmax classes; reused for every format."""
     model = qmodel.keras_model
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=input_spec(model.inputs, tf.float32))  # batches are float32
     def predict(x: tf.Tensor) -> tf.Tensor:
         return tf.argmax(model(x, training=False), axis=-1)
 

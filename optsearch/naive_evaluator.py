@@ -26,8 +26,8 @@ from optsearch.tensors import ActivationPoint, TensorId
 class NaiveEvaluator:
     """Implements the ``Evaluator`` protocol by rebuilding and re-running the whole network each time.
 
-    ``max_loss`` and ``varying`` are accepted and ignored: every evaluation is exact and sees all
-    samples. The float accuracy comes from the float ``model`` itself, once, at construction.
+    ``max_loss``, ``must_beat`` and ``varying`` are accepted and ignored: every evaluation is exact
+    and sees all samples. The float accuracy comes from the float ``model`` itself, once, at construction.
     """
 
     def __init__(
@@ -72,6 +72,7 @@ class NaiveEvaluator:
         *,
         varying: TensorId | None = None,
         max_loss: float | None = None,
+        must_beat: float | None = None,
     ) -> Evaluation:
         """Build the quantized model anew, apply exactly ``formats``, predict all samples (Alg. 1)."""
         start = time.perf_counter()

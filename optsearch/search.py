@@ -200,10 +200,13 @@ class _TensorSearch:
         self.seen: dict[Format, Evaluation] = {}
         self.evaluations = 0
 
-    def loss(self, fmt: Format, phase: Phase, max_loss: float | None = None) -> Evaluation:
+    def loss(
+        self, fmt: Format, phase: Phase, max_loss: float | None = None, must_beat: float | None = None
+    ) -> Evaluation:
         """EvalAccLossCNN for a candidate; a format already evaluated for this tensor is reused.
 
-        The evaluator may stop once the loss exceeds ``max_loss`` (default: the budget).
+        The evaluator may stop once the loss exceeds ``max_loss`` (default: the budget) or can no
+        longer be below ``must_beat``.
         """
         cached = fmt in self.seen
         if not cached:
@@ -214,6 +217,7 @@ class _TensorSearch:
                 independent=self.settings.independent,
                 decided=self.decided,
                 max_loss=self.eps if max_loss is None else max_loss,
+                must_beat=must_beat,
             )
             self.evaluations += 1
         result = self.seen[fmt]
@@ -251,15 +255,19 @@ class _TensorSearch:
             best = Format(best.bw - 1, best.f)
         diagonal, diagonal_loss = best, self.seen[best].loss
         # Local search over the 3x3 neighbourhood (lines 20-24): lowest loss, ties lower BW then F.
-        # The centre is the best so far; a neighbour may stop once its loss exceeds the best (strictly,
-        # so ties are measured exactly and the tie rules hold).
+        # The centre is the best so far. A neighbour that would win a tie (fewer bits, or as many and a
+        # lower F) may stop once its loss exceeds the best; one that would lose a tie needs a strictly
+        # lower loss, so it may stop once its loss is certainly not below the best.
         leader: tuple[float, int, int, Format] = (diagonal_loss, diagonal.bw, diagonal.f, diagonal)
         for i in (-1, 0, 1):
             for j in (-1, 0, 1):
                 fmt = Format(diagonal.bw + i, diagonal.f + j) if diagonal.bw + i >= PRUNED_BW else None
                 if fmt is None or fmt == diagonal:
                     continue
-                result = self.loss(fmt, "local", max_loss=min(self.eps, leader[0]))
+                if (fmt.bw, fmt.f) < leader[1:3]:
+                    result = self.loss(fmt, "local", max_loss=min(self.eps, leader[0]))
+                else:
+                    result = self.loss(fmt, "local", must_beat=leader[0])
                 if result.exact and result.loss <= self.eps:
                     leader = min(leader, (result.loss, fmt.bw, fmt.f, fmt))
         local_loss, _, _, local = leader

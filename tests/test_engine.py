@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -126,6 +128,60 @@ def test_searches_decide_identically(
         (d.tensor, d.fmt, d.loss, d.rule) for d in plain.decisions
     ]
     assert engine_eval.passes <= plain.evaluations
+    if options.get("layer_order") != "reverse":  # a later layer's cut is computed from the previous one
+        assert engine_eval.incremental_fills > 0
+
+
+def test_a_tight_cache_and_no_incremental_prefix_decide_identically(
+    setup: tuple[QuantizedModel, Dataset],
+) -> None:
+    qmodel, data = setup
+    settings = SearchSettings(eps=0.05)
+    tensors = [q.tensors() for q in qmodel.layers]
+    magnitudes = _magnitudes(qmodel, data)
+    full = opt_search(CachedEvaluator(qmodel, data, batch_size=64), tensors, magnitudes, settings)
+    for engine in (
+        CachedEvaluator(qmodel, data, batch_size=64, cache_mb=0.02),  # part of the chunks recomputed
+        CachedEvaluator(qmodel, data, batch_size=64, incremental=False, first_chunk=64),
+    ):
+        other = opt_search(engine, tensors, magnitudes, settings)
+        assert [(d.tensor, d.fmt, d.loss) for d in other.decisions] == [
+            (d.tensor, d.fmt, d.loss) for d in full.decisions
+        ]
+
+
+def _as_list(values: object) -> list[np.ndarray]:
+    return [np.asarray(v) for v in values] if isinstance(values, (list, tuple)) else [np.asarray(values)]
+
+
+def test_a_segment_carries_one_cut_to_the_next(setup: tuple[QuantizedModel, Dataset]) -> None:
+    """Where a later cut is computable from an earlier one, the segment reproduces it exactly."""
+    qmodel, data = setup
+    qmodel.set_formats({t: Format(5, 3) for t in qmodel.tensors})
+    chain = [t for q in qmodel.layers for t in q.tensors() if t.kind != "B"]  # W1 A1 W2 A2 ...
+    sequential = all(len(qmodel.cut_tensors(t)) == 1 for t in chain)
+    found = 0
+    for start, end in itertools.combinations(chain, 2):
+        segment = qmodel.segment(start, end)
+        if sequential:  # a chain: every later cut follows from every earlier one, never the reverse
+            assert segment is not None and qmodel.segment(end, start) is None, (start, end)
+        if segment is None:
+            continue
+        found += 1
+        begin, _ = qmodel.split(start)
+        finish, _ = qmodel.split(end)
+        cut = _as_list(begin.predict(data.x, verbose=0))
+        assert segment.sources == len(cut)
+        used = [cut[i] for i in segment.inputs]
+        computed = [] if segment.model is None else _as_list(segment.model.predict(used, verbose=0))
+        got = [cut[i] if kind == "source" else computed[i] for kind, i in segment.picks]
+        for a, b in zip(got, _as_list(finish.predict(data.x, verbose=0)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert found > 0
+    # The branched model's second branch ('b') is not computable from the first branch's cut.
+    if not sequential:
+        assert qmodel.segment(TensorId("b", "A"), TensorId("a", "W")) is None
+    qmodel.set_formats({})
 
 
 def test_memo_by_content() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from optsearch.errors import DataError
 from optsearch.evaluator import candidate_formats, eval_acc_loss, relative_loss
 from optsearch.fixedpoint import Format, quantize
 from optsearch.graph import quantized_model
-from optsearch.keras_evaluator import KerasEvaluator, activation_ranges
+from optsearch.keras_evaluator import KerasEvaluator, activation_ranges, chunk_bounds
 from optsearch.tensors import TensorId
 
 CLASSES = 4
@@ -95,10 +97,30 @@ def test_early_stop_happens_in_the_first_batches() -> None:
     result = evaluator.evaluate({W: Format(1, 0)}, max_loss=0.01)
     # Pruned weights predict class 0: a sample is missed when its label is not 0. Best case, every
     # unseen sample is right (200 - 180 = 20 more than the float model), so the evaluation stops at
-    # the first batch boundary where misses - 20 already exceed 1% of the 180 float-correct.
-    lost = np.cumsum(evaluator.data.y != 0)[15::16] - (len(evaluator.data) - evaluator.float_correct)
-    stop = 16 * (int(np.argmax(lost / evaluator.float_correct > 0.01)) + 1)
+    # the first chunk boundary where misses - 20 already exceed 1% of the 180 float-correct.
+    ends = np.array([stop for _, stop in evaluator.chunks])
+    lost = np.cumsum(evaluator.data.y != 0)[ends - 1] - (len(evaluator.data) - evaluator.float_correct)
+    stop = ends[int(np.argmax(lost / evaluator.float_correct > 0.01))]
     assert not result.exact and result.samples == stop < len(evaluator.data)
+
+
+@pytest.mark.parametrize(
+    ("total", "batch", "first", "sizes"),
+    [
+        (1000, 500, None, [62, 124, 248, 496, 70]),
+        (3000, 500, None, [62, 124, 248, 496, 500, 500, 500, 500, 70]),
+        (100, 16, 4, [4, 8, 16, 16, 16, 16, 16, 8]),
+        (10, 500, 64, [10]),
+        (0, 8, None, []),
+        (5, 1, None, [1, 1, 1, 1, 1]),
+    ],
+)
+def test_chunks_start_small_and_double_up_to_the_batch_size(
+    total: int, batch: int, first: int | None, sizes: list[int]
+) -> None:
+    bounds = chunk_bounds(total, batch, first)
+    assert [stop - start for start, stop in bounds] == sizes
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
 
 
 def test_fragile_first_changes_no_loss_and_rejects_sooner() -> None:

@@ -46,11 +46,14 @@ class TableEvaluator:
         *,
         varying: TensorId | None = None,
         max_loss: float | None = None,
+        must_beat: float | None = None,
     ) -> Evaluation:
         self.calls.append(dict(formats))
         loss = sum(self.tables.get(t, {}).get(f, REJECT) for t, f in formats.items())
         if self.early and max_loss is not None and loss > max_loss:
             return Evaluation(max_loss + 1e-9, 0, 1, False, 0.0)
+        if self.early and must_beat is not None and loss >= must_beat:
+            return Evaluation(must_beat, 0, 1, False, 0.0)  # the weakest bound an engine may return
         return Evaluation(loss, 0, 10, True, 0.0)
 
 
