@@ -9,6 +9,12 @@ defaults, ``SearchSettings()``, eps 0.01) and writes ``docs/benchmarks.md`` and 
 - ``keras``   ``KerasEvaluator``: as ``inplace``, samples most likely to flip first.
 - ``engine``  ``optsearch.engine.CachedEvaluator`` (prefix cache, memo), when that module exists.
 
+Ablations, each the engine with one technique taken away (what that technique contributes):
+``engine-nomemo`` (no memo by content), ``engine-nocache`` (prefix recomputed for every
+candidate: cache of 0 MB), ``engine-noreject`` (no early rejection, and so no local-search bound:
+every candidate sees every sample), ``engine-nofragile`` (samples in data order) and
+``engine-bigchunks`` (every chunk a full batch, no small leading chunks).
+
 Each evaluator runs in its own child process (this script re-invoked with ``--only NAME --json
 PATH``), one after another, so that each peak RSS is its own and no evaluator inherits another's
 warm caches; the parent imports no TensorFlow. Per evaluator: search wall time, evaluations, one
@@ -52,7 +58,19 @@ BRANCHED_MODEL = REPO_ROOT / "models" / "branched_mnist.keras"
 DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks.md"
 
 #: Evaluators in the order they run and appear in the table; ``naive`` is the reference.
-EVALUATORS = ("naive", "inplace", "keras", "engine")
+EVALUATORS = (
+    "naive",
+    "inplace",
+    "keras",
+    "engine",
+    "engine-nomemo",
+    "engine-nocache",
+    "engine-noreject",
+    "engine-nofragile",
+    "engine-bigchunks",
+)
+#: What ``--evaluators`` runs when not given.
+DEFAULT_EVALUATORS = ("naive", "inplace", "keras", "engine")
 REFERENCE = "naive"
 #: Timed float passes after one untimed warm-up; the median is reported.
 FLOAT_PASS_REPEATS = 3
@@ -65,8 +83,9 @@ FLOAT_PASS_REPEATS = 3
 class CountingEvaluator:
     """Forwards to an evaluator and adds up the samples it actually ran (early rejection shows here)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, early_rejection: bool = True) -> None:
         self.inner = inner
+        self.early_rejection = early_rejection
         self.calls = 0
         self.samples_run = 0
         self.early_stops = 0
@@ -76,9 +95,16 @@ class CountingEvaluator:
         return float(self.inner.float_accuracy)
 
     def evaluate(
-        self, formats: Mapping[Any, Any], *, varying: Any = None, max_loss: float | None = None
+        self,
+        formats: Mapping[Any, Any],
+        *,
+        varying: Any = None,
+        max_loss: float | None = None,
+        must_beat: float | None = None,
     ) -> Any:
-        result = self.inner.evaluate(formats, varying=varying, max_loss=max_loss)
+        if not self.early_rejection:
+            max_loss = must_beat = None
+        result = self.inner.evaluate(formats, varying=varying, max_loss=max_loss, must_beat=must_beat)
         self.calls += 1
         self.samples_run += result.samples
         self.early_stops += 0 if result.exact else 1
@@ -142,18 +168,23 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     elif name == "keras":
         evaluator = KerasEvaluator(qmodel, search, preprocess, args.batch_size)
     else:
-        try:
-            from optsearch.engine import CachedEvaluator
-        except ImportError as err:
-            return {**record, "status": "skipped", "note": f"optsearch.engine.CachedEvaluator: {err}"}
+        from optsearch.engine import CachedEvaluator
+
         evaluator = CachedEvaluator(
-            qmodel, search, preprocess, batch_size=args.batch_size, cache_mb=args.cache_mb
+            qmodel,
+            search,
+            preprocess,
+            batch_size=args.batch_size,
+            cache_mb=0.0 if name == "engine-nocache" else args.cache_mb,
+            fragile_first=name != "engine-nofragile",
+            first_chunk=args.batch_size if name == "engine-bigchunks" else None,
+            memo=name != "engine-nomemo",
         )
     record["setup_s"] = time.perf_counter() - started
     record["float_accuracy"] = evaluator.float_accuracy
     record["peak_rss_before_search_mb"] = peak_rss_mb()
 
-    counting = CountingEvaluator(evaluator)
+    counting = CountingEvaluator(evaluator, early_rejection=name != "engine-noreject")
     started = time.perf_counter()
     outcome = opt_search(counting, tensors, magnitudes, settings)
     record["wall_s"] = time.perf_counter() - started
@@ -173,6 +204,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         early_stops=counting.early_stops,
         data_passes=counting.samples_run / len(search),
         network_passes=getattr(evaluator, "passes", None),
+        memo_hits=getattr(evaluator, "memo_hits", None),
+        engine_seconds=getattr(evaluator, "seconds", None),
         full_pass_equivalents=record["wall_s"] / record["float_pass_s"],
         decisions=[
             {"tensor": str(d.tensor), "bw": d.fmt.bw, "f": d.fmt.f, "loss": d.loss, "rule": d.rule}
@@ -444,6 +477,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {_cell(r['speedup_vs_naive'], '.1f')} "
             f"| {identical} | {r['setup_s']:.1f} | {r['data_passes']:.1f} |"
         )
+    lines += _engine_sections(report["results"])
     agreement = report["agreement"]
     lines += ["", "## Agreement", ""]
     if agreement["reference"] is None:
@@ -464,6 +498,58 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for r in failed:
         lines += ["", f"`{r['name']}` failed ({r['note']}):", "", "```", r["error"], "```"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _engine_sections(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where each engine run's time went, and what each technique contributes (the ablations)."""
+    engines = [r for r in results if r["status"] == "ok" and r.get("engine_seconds")]
+    if not engines:
+        return []
+    lines = [
+        "",
+        "## Where the engine's time goes",
+        "",
+        "Seconds inside the engine: tracing the prefix and suffix functions of each cut (once per "
+        "tensor), running the prefix to fill the cache (once per tensor), running candidates (the "
+        "suffix, plus the prefix for batches beyond the cache); memo hits are evaluations answered "
+        "without running anything.",
+        "",
+        "| evaluator | wall s | trace s | prefix s | candidates s | network runs | memo hits | data passes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in engines:
+        sec = r["engine_seconds"]
+        lines.append(
+            f"| {r['name']} | {r['wall_s']:.1f} | {sec['trace']:.1f} | {sec['prefix']:.1f} "
+            f"| {sec['suffix']:.1f} | {r['network_passes']} | {r['memo_hits']} | {r['data_passes']:.1f} |"
+        )
+    full = next((r for r in engines if r["name"] == "engine"), None)
+    ablations = [r for r in engines if r["name"] != "engine"]
+    if full and ablations:
+        lines += [
+            "",
+            "## What each technique contributes",
+            "",
+            "Each ablation is the engine with one technique taken away; its cost over the full "
+            "engine's is what that technique saves (one at a time, in the same invocation).",
+            "",
+            "| without | wall s | x engine | full-pass equivalents | formats identical |",
+            "|---|---:|---:|---:|---|",
+        ]
+        what = {
+            "engine-nomemo": "memo by quantized content",
+            "engine-nocache": "prefix cache",
+            "engine-noreject": "early rejection (and the local-search bound)",
+            "engine-nofragile": "fragile samples first",
+            "engine-bigchunks": "small leading chunks",
+        }
+        for r in ablations:
+            ratio = r["wall_s"] / full["wall_s"]
+            lines.append(
+                f"| {what.get(r['name'], r['name'])} | {r['wall_s']:.1f} | {ratio:.2f} "
+                f"| {r['full_pass_equivalents']:.1f} | {'yes' if r['formats_identical'] else '**NO**'} |"
+            )
+    return lines
 
 
 def _loads(values: Sequence[float]) -> str:
@@ -490,8 +576,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eps", type=float, default=0.01, help="relative loss budget (default 0.01)")
     parser.add_argument(
         "--evaluators",
-        default=",".join(EVALUATORS),
-        help=f"comma-separated, from {', '.join(EVALUATORS)} (default: all)",
+        default=",".join(DEFAULT_EVALUATORS),
+        help=f"comma-separated, from {', '.join(EVALUATORS)} (default: {','.join(DEFAULT_EVALUATORS)})",
     )
     parser.add_argument("--max-tensors", type=int, help="search only the first K tensors of the plan")
     parser.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
