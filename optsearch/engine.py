@@ -91,18 +91,25 @@ class CachedEvaluator(KerasEvaluator):
         context = (varying, frozenset((t, f) for t, f in formats.items() if t != varying))
         self.qmodel.set_formats(formats)
         if context != self._context:
-            self._fill_cache(context)
+            self._timed("prefix", lambda: self._fill_cache(context))
         key = (context, self._content_key(varying, formats.get(varying)))
         known = self._memo.get(key) if self.memo else None
         if known is not None and (known.exact or settled(known.loss, max_loss, must_beat)):
             self.memo_hits += 1
             return replace(known, seconds=time.perf_counter() - start)
         self.passes += 1
-        running = time.perf_counter()
-        result = self._run_suffix(varying, max_loss, must_beat, start)
-        self.seconds["suffix"] += time.perf_counter() - running
+        result: Evaluation = self._timed(
+            "suffix", lambda: self._run_suffix(varying, max_loss, must_beat, start)
+        )
         self._memo[key] = result
         return result
+
+    def _timed(self, phase: str, work: Callable[[], Any]) -> Any:
+        """Run ``work``, adding its seconds to ``phase`` less any tracing it did (counted apart)."""
+        start, traced = time.perf_counter(), self.seconds["trace"]
+        out = work()
+        self.seconds[phase] += time.perf_counter() - start - (self.seconds["trace"] - traced)
+        return out
 
     # ----------------------------------------------------------------------------------------------
     # Traced functions, built on first use and kept (bounded)
@@ -161,7 +168,6 @@ class CachedEvaluator(KerasEvaluator):
 
     def _fill_cache(self, context: Context) -> None:
         """The cut of the context's tensor for every chunk, once: cache what fits, measure its range."""
-        start = time.perf_counter()
         if self._same_cut(context):
             self._context = context  # the cached cut and its range are still exact
             self.incremental_fills += 1
@@ -191,7 +197,6 @@ class CachedEvaluator(KerasEvaluator):
                 used += size
         self._cut_range = largest
         self._context = context
-        self.seconds["prefix"] += time.perf_counter() - start
 
     def _carries_over(self, context: Context) -> bool:
         """Whether the cached cut can be carried over to ``context``'s tensor.

@@ -11,7 +11,8 @@ defaults, ``SearchSettings()``, eps 0.01) and writes ``docs/benchmarks.md`` and 
 
 Ablations, each the engine with one technique taken away (what that technique contributes):
 ``engine-nomemo`` (no memo by content), ``engine-nocache`` (prefix recomputed for every
-candidate: cache of 0 MB), ``engine-noreject`` (no early rejection, and so no local-search bound:
+candidate: cache of 0 MB), ``engine-noincremental`` (each cut computed from the input, not from
+the previous cut), ``engine-noreject`` (no early rejection, and so no local-search bound:
 every candidate sees every sample), ``engine-nofragile`` (samples in data order) and
 ``engine-bigchunks`` (every chunk a full batch, no small leading chunks).
 
@@ -65,6 +66,7 @@ EVALUATORS = (
     "engine",
     "engine-nomemo",
     "engine-nocache",
+    "engine-noincremental",
     "engine-noreject",
     "engine-nofragile",
     "engine-bigchunks",
@@ -179,6 +181,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             fragile_first=name != "engine-nofragile",
             first_chunk=args.batch_size if name == "engine-bigchunks" else None,
             memo=name != "engine-nomemo",
+            incremental=name != "engine-noincremental",
         )
     record["setup_s"] = time.perf_counter() - started
     record["float_accuracy"] = evaluator.float_accuracy
@@ -204,6 +207,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         early_stops=counting.early_stops,
         data_passes=counting.samples_run / len(search),
         network_passes=getattr(evaluator, "passes", None),
+        incremental_fills=getattr(evaluator, "incremental_fills", None),
         memo_hits=getattr(evaluator, "memo_hits", None),
         engine_seconds=getattr(evaluator, "seconds", None),
         full_pass_equivalents=record["wall_s"] / record["float_pass_s"],
@@ -539,6 +543,7 @@ def _engine_sections(results: Sequence[Mapping[str, Any]]) -> list[str]:
         what = {
             "engine-nomemo": "memo by quantized content",
             "engine-nocache": "prefix cache",
+            "engine-noincremental": "incremental prefix (cut from the previous cut)",
             "engine-noreject": "early rejection (and the local-search bound)",
             "engine-nofragile": "fragile samples first",
             "engine-bigchunks": "small leading chunks",
