@@ -6,25 +6,37 @@ Every problem with the user's input is one line on stderr and exit code 2; nothi
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from optsearch import __version__
-from optsearch.allocation import SCHEMES
+from optsearch.config import (
+    CHECK_SETTINGS,
+    CHECKS,
+    DATA_SETTINGS,
+    MODEL_SETTINGS,
+    RUN_SETTINGS,
+    SETTINGS,
+    Setting,
+    Value,
+    parse_order,
+)
 from optsearch.errors import OptsearchError
-from optsearch.fixedpoint import OFFSET_RULES
-from optsearch.search import LAYER_ORDERS
-from optsearch.tensors import ACTIVATION_POINTS, TENSOR_KINDS
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_REGRESSION = 1
+"""A check found a regression, or a batch job failed."""
 EXIT_USER_ERROR = 2
+"""Invalid input (file, model, data, settings, config): nothing ran or was written."""
 
 
 class UserError(click.ClickException):
@@ -75,82 +87,70 @@ def _quiet_tensorflow() -> None:
     tensorflow.get_logger().setLevel("ERROR")
 
 
-def model_options(fn: F) -> F:
-    """Options about reading the model."""
-    fn = click.option(
-        "--activation-point",
-        type=click.Choice(ACTIVATION_POINTS),
-        default="activation",
-        show_default=True,
-        help="Where a layer's activations are quantized: after its activation function (the paper), "
-        "or at the end of the element-wise chain that follows it (e.g. after a BatchNorm).",
-    )(fn)
+def _click_type(setting: Setting) -> Any:
+    """The click type of a setting, from its schema entry (ranges and choices included)."""
+
+    def scalar(value: Value) -> Any:
+        if value.kind in ("int", "float"):
+            if value.low is None and value.high is None:
+                return int if value.kind == "int" else float
+            kind = click.IntRange if value.kind == "int" else click.FloatRange
+            return kind(value.low, value.high, min_open=value.low_open, max_open=value.high_open)  # type: ignore[arg-type]
+        if value.kind == "choice":
+            return click.Choice(value.choices)
+        if value.kind == "path":
+            return click.Path(file_okay=setting.cli_type != "dir", path_type=Path)
+        return str
+
+    if isinstance(setting.value, tuple):
+        return tuple(scalar(v) for v in setting.value)
+    return scalar(setting.value)
+
+
+def _param(setting: Setting, optional: bool) -> Callable[[F], F]:
+    """The click argument or option of one schema entry; ``optional`` when a --config file may give it."""
+    required = setting.required and not optional
+    if setting.argument:
+        return click.argument(setting.param, type=_click_type(setting), required=required)
+    if setting.values[0].kind == "bool":
+        flags = f"{setting.flag}/{setting.off_flag}" if setting.off_flag else setting.flag
+        return click.option(flags, setting.param, default=bool(setting.default), help=setting.help)
     return click.option(
-        "--unsafe-load",
-        is_flag=True,
-        help="Allow models whose file stores Python code (Lambda layers). This EXECUTES code from "
-        "the file: use it only for files you trust.",
-    )(fn)
+        setting.flag,
+        setting.param,
+        type=_click_type(setting),
+        default=() if setting.multiple else setting.default,
+        show_default=setting.show_default and setting.default is not None,
+        required=required,
+        multiple=setting.multiple,
+        metavar=setting.metavar,
+        help=setting.help,
+    )
 
 
-offset_rule_option = click.option(
-    "--offset-rule",
-    type=click.Choice(OFFSET_RULES),
-    default="paper",
-    show_default=True,
-    help="How F0 follows from a tensor's largest magnitude Z (eq. 8): paper = BW-1-ceil(log2 Z), which "
-    "may clip Z by one LSB; noclip = the largest F that represents Z.",
-)
+def schema_options(names: Iterable[str] | Iterable[Setting], *, optional: bool = False) -> Callable[[F], F]:
+    """The options (and MODEL argument) of these schema entries, in order: the CLI's only declaration."""
+    settings = [SETTINGS[n] if isinstance(n, str) else n for n in names]
+
+    def decorate(fn: F) -> F:
+        for setting in reversed(settings):
+            fn = _param(setting, optional)(fn)
+        return fn
+
+    return decorate
 
 
-def data_options(fn: F) -> F:
-    """Options about the evaluation data and the search/held-out split (spec §4)."""
-    options = [
-        click.option(
-            "--data",
-            "data_spec",
-            required=True,
-            metavar="NPZ|NAME[:SPLIT]",
-            help="Labelled evaluation data: a .npz file with x/y (or x_test/y_test), or a dataset name "
-            "(mnist, fashion_mnist, cifar10, svhn; test split unless NAME:train). Names are read from "
-            "$OPTSEARCH_DATA/<name>.npz when present, else downloaded by keras.datasets.",
-        ),
-        click.option(
-            "--scale",
-            type=float,
-            default=None,
-            help="Multiply the pixels by this (e.g. 0.00392156862745098 for 1/255) when the model "
-            "has no Rescaling layer of its own.",
-        ),
-        click.option(
-            "--resize",
-            type=(click.IntRange(1), click.IntRange(1)),
-            default=None,
-            metavar="H W",
-            help="Resize the images (bilinear) when the model has no Resizing layer of its own.",
-        ),
-        click.option(
-            "--search-fraction",
-            type=click.FloatRange(0.0, 1.0, min_open=True),
-            default=0.5,
-            show_default=True,
-            help="Share of the data the search decides on (stratified per class); the rest is held "
-            "out and only reported. 1.0 = no split: search and report on all data, as the paper did.",
-        ),
-        click.option(
-            "--seed", type=int, default=0, show_default=True, help="Seed of the search/held-out split."
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(1),
-            default=500,
-            show_default=True,
-            help="Samples per forward pass. Larger is faster until memory runs out.",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+model_options = schema_options(MODEL_SETTINGS)
+"""Options about reading the model."""
+data_options = schema_options(DATA_SETTINGS)
+"""Options about the evaluation data and the search/held-out split (spec §4)."""
+offset_rule_option = schema_options(["offset_rule"])
+
+
+def _explicit(ctx: click.Context, settings: Iterable[Setting]) -> list[str]:
+    """The settings given on the command line (not left at their defaults): these override a file."""
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return [s.name for s in settings if ctx.get_parameter_source(s.param) not in defaults]
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -295,131 +295,25 @@ def evaluate(
 
 
 def _parse_order(text: str) -> tuple[str, ...]:
-    order = tuple(text.replace(",", "").replace(">", "").replace("-", "").replace(" ", "").upper())
-    if sorted(order) != sorted(TENSOR_KINDS):
-        raise UserError(f"--order {text}: give each of W, B, A once, e.g. WBA (the paper) or AWB")
-    return order
+    try:
+        return parse_order(text)
+    except ValueError as err:
+        raise UserError(f"--order {text}: {err}") from err
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-@data_options
-@model_options
 @click.option(
-    "--eps",
-    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-    default=0.01,
-    show_default=True,
-    help="Accuracy loss budget, relative: 0.01 lets top-1 accuracy drop by 1% of itself (paper eq. 6).",
-)
-@click.option(
-    "--independent",
-    is_flag=True,
-    help="Evaluate each tensor with every other tensor in float (the paper's first method; combining the "
-    "results naively can lose far more than eps). Default: dependent, every decided format applied.",
-)
-@click.option(
-    "--bw0",
-    type=(click.IntRange(2, 24), click.IntRange(2, 24), click.IntRange(2, 24)),
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    metavar="W B A",
-    help="Starting bitwidths for weights, biases, activations. Default 12 8 12 (dependent) or 8 8 8 "
-    "(independent); a start that loses more than the budget is raised by 4, up to 24.",
+    help="Take the settings from this YAML file: the options below without their dashes as fields "
+    "(model: m.keras, eps: 0.02, search_fraction: 0.25, ...). Options given here override the file. "
+    "A check: section gates the result against a baseline (see `optsearch check`).",
 )
-@click.option(
-    "--delta",
-    type=click.FloatRange(0.0),
-    default=0.0015,
-    show_default=True,
-    help="The local search's result replaces the diagonal's only if its loss is lower by at least this; "
-    "otherwise the one with fewer bits wins (Alg. 2, lines 25-34).",
-)
-@offset_rule_option
-@click.option(
-    "--order",
-    "type_order",
-    default="WBA",
-    show_default=True,
-    help="Order of the tensor types: any permutation of W, B, A.",
-)
-@click.option(
-    "--layer-order",
-    type=click.Choice(LAYER_ORDERS),
-    default="forward",
-    show_default=True,
-    help="Layers first to last, or last to first.",
-)
-@click.option(
-    "--interleave",
-    is_flag=True,
-    help="Search all tensors of layer 1, then of layer 2, ... (instead of all weights, then all biases).",
-)
-@click.option(
-    "--allocation",
-    type=click.Choice(("paper", *SCHEMES)),
-    default=None,
-    help="How eps is shared between layers (eq. 9). paper (the default for dependent search) = weights "
-    "linear over (0, eps/2], biases constant eps/2, activations linear over (eps/2, eps]; a scheme name "
-    "uses that growth with the same ranges. Independent search defaults to eps for every tensor.",
-)
-@click.option(
-    "--budget",
-    "budgets",
-    type=(click.Choice(TENSOR_KINDS), click.Choice(SCHEMES), click.FloatRange(0.0), click.FloatRange(0.0)),
-    multiple=True,
-    metavar="TYPE SCHEME START END",
-    help="Override one tensor type's budget: e.g. --budget A quadratic 0.5 1.0 gives activations a "
-    "quadratic share from 0.5*eps to 1.0*eps. Repeatable.",
-)
-@click.option(
-    "--input-bits",
-    type=click.IntRange(1, 32),
-    default=8,
-    show_default=True,
-    help="Bitwidth of the network input, for the bit-operations count (BOPs).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Output folder (default: MODEL-NAME_optsearch next to the current directory). It must not exist "
-    "unless --overwrite; it appears only when the run has finished.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
-@click.option(
-    "--cache-mb",
-    type=click.FloatRange(0.0),
-    default=1024.0,
-    show_default=True,
-    help="Memory for the activations upstream of the tensor being searched (computed once per tensor, "
-    "so each candidate runs only the rest of the network). Beyond it they are recomputed.",
-)
-def run(
-    model: Path,
-    data_spec: str,
-    scale: float | None,
-    resize: tuple[int, int] | None,
-    search_fraction: float,
-    seed: int,
-    batch_size: int,
-    unsafe_load: bool,
-    activation_point: str,
-    eps: float,
-    independent: bool,
-    bw0: tuple[int, int, int] | None,
-    delta: float,
-    offset_rule: str,
-    type_order: str,
-    layer_order: str,
-    interleave: bool,
-    allocation: str | None,
-    budgets: tuple[tuple[str, str, float, float], ...],
-    input_bits: int,
-    out_dir: Path | None,
-    overwrite: bool,
-    cache_mb: float,
-) -> None:
+@schema_options(RUN_SETTINGS, optional=True)
+@click.pass_context
+def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
     """Search the smallest format (BW, F) of every weights, biases and activations tensor of MODEL.
 
     The OptSearchCNN method (Alg. 2): per tensor, a diagonal descent of (BW, F), a bitwidth
@@ -428,66 +322,243 @@ def run(
     and quantized.keras into --out.
 
     \b
-    Example:
+    Examples:
       optsearch run model.keras --data mnist --eps 0.01 --out runs/mnist
+      optsearch run --config job.yaml --eps 0.02     (the file's settings, eps from here)
     """
-    order = _parse_order(type_order)
-    out = out_dir or Path(f"{model.stem}_optsearch")
-    from optsearch.allocation import PAPER_ALLOCATION, Allocation, constant_allocation, uniform_allocation
-    from optsearch.search import DEPENDENT_BW0, INDEPENDENT_BW0, SearchSettings
+    from optsearch.config import load_run_file, merge_run, missing_required, search_settings
 
-    if allocation is None:
-        rules = constant_allocation(1.0) if independent else dict(PAPER_ALLOCATION)
-    else:
-        rules = dict(PAPER_ALLOCATION) if allocation == "paper" else uniform_allocation(allocation)  # type: ignore[arg-type]
-    for kind, scheme, start, end in budgets:
-        rules[kind] = Allocation(scheme, start, end)  # type: ignore[arg-type, index]
-    bw0_map = (
-        dict(zip(TENSOR_KINDS, bw0, strict=True))
-        if bw0
-        else dict(INDEPENDENT_BW0 if independent else DEPENDENT_BW0)
-    )
+    run_file = load_run_file(config_file) if config_file is not None else None
+    explicit = _explicit(ctx, RUN_SETTINGS)
+    cli_values = {s.name: options[s.param] for s in RUN_SETTINGS}
+    values = merge_run(run_file.values if run_file else {}, cli_values, explicit)
+    for setting in missing_required(values):
+        what = f"argument '{setting.name.upper()}'" if setting.argument else f"option '{setting.flag}'"
+        raise click.UsageError(f"Missing {what} (or {setting.name}: in the --config file).", ctx)
+    _parse_order(values["order"])
+    model = Path(values["model"])
+    out = Path(values["out"]) if values["out"] else Path(f"{model.stem}_optsearch")
+    values["out"] = str(out)
     try:
-        settings = SearchSettings(
-            eps=eps,
-            independent=independent,
-            bw0=bw0_map,  # type: ignore[arg-type]
-            delta=delta,
-            offset_rule=offset_rule,  # type: ignore[arg-type]
-            type_order=order,  # type: ignore[arg-type]
-            layer_order=layer_order,  # type: ignore[arg-type]
-            interleave=interleave,
-            allocation=rules,  # type: ignore[arg-type]
-        )
+        search_settings(values)
     except ValueError as err:
         raise UserError(str(err)) from err
     from optsearch.outdir import check_out_dir
 
-    check_out_dir(out, overwrite)
+    check_out_dir(out, values["overwrite"])
+    gate = None
+    if run_file is not None and run_file.check is not None:
+        from optsearch.config import gate_settings
+        from optsearch.gate import read_snapshot
+
+        gate = gate_settings(run_file.check)
+        gate["baseline"] = str(gate["baseline"]).replace("{name}", out.name)
+        read_snapshot(gate["baseline"])  # an unreadable baseline stops us before the search, not after
+    if run_file is not None:
+        given = sorted(set(explicit) & set(run_file.values))
+        click.echo(
+            f"settings from {config_file}"
+            + (f"; from the command line instead: {', '.join(given)}" if given else "")
+        )
     _quiet_tensorflow()
-    from optsearch.inputs import DataSettings
+    from optsearch.batch import request_for
     from optsearch.report import summary_lines
-    from optsearch.runner import RunRequest
     from optsearch.runner import run as run_search
 
-    request = RunRequest(
-        model_path=model,
-        data=DataSettings(data_spec, scale, resize, search_fraction, seed),
-        search=settings,
-        out_dir=out,
-        overwrite=overwrite,
-        unsafe_load=unsafe_load,
-        activation_point=activation_point,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        input_bits=input_bits,
-        cache_mb=cache_mb,
-    )
-    result = run_search(request, echo=click.echo)
+    result = run_search(request_for(values), echo=click.echo)
     for line in summary_lines(result):
         click.echo(line)
     click.echo(
         f"wrote {out}/ (report.md, formats.json, formats.csv, search_log.jsonl, plots, quantized.keras)"
     )
+    if gate is not None and not _gate(out, gate, junit=None, classname=out.name):
+        ctx.exit(EXIT_REGRESSION)
+
+
+def _gate(result: Path, gate: dict[str, Any], junit: Path | None, classname: str) -> bool:
+    """Check ``result`` against ``gate["baseline"]``, print it layer by layer, maybe write JUnit XML."""
+    from optsearch.gate import Limits, check, junit_xml, outcome_cases, write_text
+
+    outcome = check(result, gate["baseline"], Limits(gate["max_loss"], gate["tolerance"], gate["exact"]))
+    for line in outcome.lines():
+        click.echo(line)
+    if junit is not None:
+        write_text(junit, junit_xml("optsearch check", outcome_cases(f"optsearch.{classname}", outcome)))
+        click.echo(f"wrote {junit}")
+    return outcome.passed
+
+
+@cli.command()
+@click.argument("result", type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Take the settings from the check: section of this run or batch file ({name} in its baseline "
+    "is RESULT's folder name). Options given here override it.",
+)
+@schema_options(CHECK_SETTINGS, optional=True)
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the verdict as JUnit XML (one test case per check) for CI systems to display.",
+)
+@click.pass_context
+def check(
+    ctx: click.Context, result: Path, config_file: Path | None, junit: Path | None, **options: Any
+) -> None:
+    """Compare the run in RESULT (a folder or its formats.json) with a baseline; exit 1 on a regression.
+
+    A regression is a held-out loss above the run's eps (or --max-loss), memory or multiply cost
+    more than --tolerance above the baseline's, or, with --exact, any changed format. What changed
+    is printed layer by layer. The baseline is a formats.json of an earlier run (or its folder).
+
+    \b
+    Exit codes: 0 no regression, 1 regression, 2 unreadable result, baseline or settings.
+    Example:
+      optsearch check runs/ci/sequential_mnist --baseline baselines/sequential_mnist.json --junit gate.xml
+    """
+    from optsearch.config import gate_settings, load_check_section
+
+    section = load_check_section(config_file) if config_file is not None else {}
+    for name in _explicit(ctx, CHECK_SETTINGS):
+        section[name] = CHECKS[name].canonical(options[CHECKS[name].param])
+    if section.get("baseline") is None:
+        raise click.UsageError("Missing option '--baseline' (or baseline: under check: in --config).", ctx)
+    gate = gate_settings(section)
+    name = (result.parent if result.suffix == ".json" else result).name
+    gate["baseline"] = str(gate["baseline"]).replace("{name}", name)
+    if not _gate(result, gate, junit, name):
+        ctx.exit(EXIT_REGRESSION)
+
+
+@cli.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--jobs",
+    "-j",
+    "workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Run this many jobs at a time, each in its own process (its output goes to OUT/JOB.log).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the job folders and the summary (default: the file's out:, else runs/CONFIG-NAME).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Set a run setting in every job, over the file's values, e.g. --set search_fraction=0.1. VALUE "
+    "is YAML, so --set eps=[0.01,0.02] makes a grid. Repeatable.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only the jobs whose name matches (shell wildcards, e.g. 'sequential_*'). Repeatable.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run every job again, even one whose folder holds a result with the same settings "
+    "(the old result is replaced when the new one is finished).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List the jobs, their folders and what would happen; run nothing."
+)
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a JUnit XML report: per job a run case and one case per check.",
+)
+@click.pass_context
+def batch(
+    ctx: click.Context,
+    config_file: Path,
+    workers: int,
+    out_dir: Path | None,
+    overrides: tuple[str, ...],
+    only: tuple[str, ...],
+    force: bool,
+    dry_run: bool,
+    junit: Path | None,
+) -> None:
+    """Run every job of the YAML batch file CONFIG, each into its own folder, and summarise them.
+
+    The file has defaults: (settings of every job), jobs: (a list of settings, as `run --config`
+    takes them), optionally out: and check:. A list value (eps: [0.005, 0.01]) expands as a grid.
+    A job whose folder holds a result with the same settings is skipped, so a rerun finishes only
+    what is missing. A failing job is reported and the others go on. Writes OUT/summary.md,
+    OUT/summary.csv and OUT/pareto.png (memory vs held-out loss). See docs/batch.md.
+
+    \b
+    Exit codes: 0 every job finished (and passed its check), 1 a job failed or a check found a
+    regression, 2 the file is invalid (nothing runs), 130 interrupted.
+    Example:
+      optsearch batch configs/eps_sweep.yaml --jobs 2
+    """
+    from optsearch.batch import decide, plan, run_batch, select, write_junit, write_summary
+    from optsearch.config import load_batch, parse_overrides
+
+    config = load_batch(config_file, parse_overrides(overrides))
+    root = out_dir or (Path(config.out) if config.out else Path("runs") / config_file.stem)
+    jobs = plan(config, root)
+    names = [job.name for job in jobs]
+    if only and not any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in only):
+        raise click.UsageError(f"--only {' '.join(only)} matches no job; the jobs: {', '.join(names)}", ctx)
+    if any(job.folder.exists() for job in jobs) or (workers == 1 and not dry_run):
+        _quiet_tensorflow()  # comparing a finished job's settings, or running here, imports it
+    planned = select([decide(job, force) for job in jobs], only)
+    if dry_run:
+        for p in planned:
+            extra = f" ({p.job.varied_text})" if p.job.varied_text else ""
+            reason = f": {p.reason}" if p.reason else ""
+            click.echo(
+                f"[{p.job.number}/{len(jobs)}] {p.job.name}{extra} -> {p.job.folder}: {p.action}{reason}"
+            )
+        return
+    title = config_file.stem
+
+    def keep_summary(outcomes: Any) -> None:
+        write_summary(root, title, str(config_file), outcomes)
+
+    click.echo(f"{config_file}: {len(jobs)} job{'s' if len(jobs) != 1 else ''} into {root}/")
+    outcomes = run_batch(
+        planned, workers, echo=click.echo, on_change=keep_summary, log_dir=root if workers > 1 else None
+    )
+    written = write_summary(root, title, str(config_file), outcomes, plot=True)
+    if junit is not None:
+        from optsearch.batch import junit_cases
+
+        write_junit(junit, f"optsearch batch {title}", junit_cases(outcomes))
+    bad = [o for o in outcomes if not o.ok]
+    tally: dict[str, int] = {}
+    for o in outcomes:
+        tally[o.status] = tally.get(o.status, 0) + 1
+    checked = [o for o in outcomes if o.check_text != "-"]
+    click.echo(
+        f"wrote {', '.join(str(path) for path in written)}"
+        + (f" and {junit}" if junit else "")
+        + f"; {', '.join(f'{n} {status}' for status, n in tally.items())}"
+        + (
+            f"; checks passed: {sum(o.check_text == 'pass' for o in checked)} of {len(checked)}"
+            if checked
+            else ""
+        )
+        + (f"; not ok: {', '.join(o.job.name for o in bad)}" if bad else "")
+    )
+    if bad:
+        ctx.exit(EXIT_REGRESSION)
 
 
 @contextlib.contextmanager
