@@ -575,6 +575,12 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+from optsearch.deploy_cli import export_command, verify_command  # noqa: E402
+
+cli.add_command(export_command)
+cli.add_command(verify_command)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,170 @@
+"""Compare hls4ml's C simulation of an exported configuration with optsearch's references.
+
+Needs the optional extra (``pip install -e ".[hls4ml]"``: hls4ml 1.3 with its Keras 3 extra) and
+g++. It exports the hls4ml configuration of RESULT_DIR, converts the float model with it (through
+the exported ``hls4ml_config.py``: preprocessing left out, weights quantized), compiles hls4ml's C
+simulation (softmax skipped, so it outputs the logits), and compares its logits on the first
+--samples images with:
+
+- the integer reference with the input quantized to the exported input type, as hls4ml does
+  (expected: identical logits);
+- the Keras quantized model (quantized.keras), whose input is not quantized (expected: identical
+  argmax; logits within a few LSBs where the input rounding moves an activation).
+
+    python scripts/check_hls4ml.py /tmp/r10 --samples 1000 --out /tmp/hls4ml_check
+
+Writes OUT/check_hls4ml.json and prints a Markdown table (docs/deployment.md quotes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+
+from optsearch import integer_ref
+from optsearch.data import Preprocess, fit_channel_axis, load_data
+from optsearch.deploy_keras import load_result, predict_batches, probe
+from optsearch.export_hls4ml import ap_fixed, export, write_files
+from optsearch.loading import load_model
+
+
+def _load_helper(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("hls4ml_config", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compare(a: np.ndarray, b: np.ndarray, lsb: float) -> dict[str, Any]:
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return {
+        "samples": len(a),
+        "argmax_equal": int(np.sum(np.argmax(a, 1) == np.argmax(b, 1))),
+        "logits_identical": int(np.sum(np.all(diff == 0, axis=1))),
+        "max_logit_diff_lsb": float(diff.max() / lsb),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("result_dir", type=Path)
+    parser.add_argument("--model", type=Path, default=None, help="the float model (default: formats.json's)")
+    parser.add_argument("--data", default=None, help="data (default: the run's data spec)")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--io-type", default="io_stream", choices=("io_stream", "io_parallel"))
+    parser.add_argument("--out", type=Path, default=Path("hls4ml_check"))
+    args = parser.parse_args()
+
+    import hls4ml
+
+    started = time.perf_counter()
+    result = load_result(args.result_dir)
+    netlist = result.netlist
+    exported = export(netlist)
+    files = write_files(exported, args.out / "export", result.name, str(args.result_dir))
+    helper = _load_helper(args.out / "export" / files[2])
+
+    model_path = args.model or Path(result.info["model"]["path"])
+    float_model = load_model(model_path)
+    prepared = helper.prepare_model(float_model)
+    scores = integer_ref.scores_node(netlist)
+    config = json.loads(json.dumps(helper.CONFIG))
+    for node in netlist.nodes:  # hls4ml skips the softmax and outputs the logits: compare those
+        if node.op == "softmax":
+            config["LayerName"][node.name] = {"Skip": True}
+
+    data_spec = args.data or result.info["data"]["spec"]
+    dataset = load_data(data_spec)
+    info = result.info.get("data", {})
+    preprocess = fit_channel_axis(
+        Preprocess(scale=info.get("scale"), resize=tuple(info["resize"]) if info.get("resize") else None),
+        tuple(dataset.x.shape[1:]),
+        tuple(result.model.inputs[0].shape[1:]),
+    )
+    x = preprocess(dataset.x[: args.samples])
+    front = keras.Model(float_model.inputs[0], float_model.get_layer(helper.INPUT_LAYER).output)
+    x_hls = np.asarray(front.predict(x, verbose=0), dtype=np.float32)
+
+    t0 = time.perf_counter()
+    hls_model = hls4ml.converters.convert_from_keras_model(
+        prepared,
+        hls_config=config,
+        output_dir=str(args.out / "hls4ml_prj"),
+        backend="Vivado",
+        io_type=args.io_type,
+    )
+    hls_model.compile()
+    compile_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    y_hls = np.asarray(hls_model.predict(np.ascontiguousarray(x_hls)), dtype=np.float64).reshape(len(x), -1)
+    predict_seconds = time.perf_counter() - t0
+
+    fmt = netlist.node(scores).attrs["format"]
+    lsb = fmt.lsb
+    quantize_at = {helper.INPUT_LAYER: exported.input_format}
+    ref_q = np.concatenate(
+        [
+            integer_ref.run(netlist, x[i : i + 250], quantize_at=quantize_at)[scores].real()
+            for i in range(0, len(x), 250)
+        ]
+    )
+    ref = np.concatenate(
+        [integer_ref.run(netlist, x[i : i + 250])[scores].real() for i in range(0, len(x), 250)]
+    )
+    keras_logits = np.concatenate(
+        [outs[0] for _, outs in predict_batches(probe(result.model, netlist, [scores]), x, 250)]
+    )
+    report = {
+        "result_dir": str(args.result_dir),
+        "model": str(model_path),
+        "hls4ml": hls4ml.__version__,
+        "keras": keras.__version__,
+        "io_type": args.io_type,
+        "samples": len(x),
+        "input_type": ap_fixed(exported.input_format),
+        "logits_format": str(fmt),
+        "hls4ml_vs_reference_input_quantized": _compare(y_hls, ref_q, lsb),
+        "hls4ml_vs_keras_quantized": _compare(y_hls, keras_logits, lsb),
+        "reference_vs_keras_quantized": _compare(ref, keras_logits, lsb),
+        "compile_seconds": round(compile_seconds, 1),
+        "csim_predict_seconds": round(predict_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    (args.out / "check_hls4ml.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print()
+    print("| comparison | samples | same argmax | identical logits | max logit difference |")
+    print("|---|---:|---:|---:|---:|")
+    for key, label in (
+        (
+            "hls4ml_vs_reference_input_quantized",
+            "hls4ml C-sim vs integer reference (input quantized as hls4ml)",
+        ),
+        ("hls4ml_vs_keras_quantized", "hls4ml C-sim vs Keras quantized model"),
+        ("reference_vs_keras_quantized", "integer reference vs Keras quantized model"),
+    ):
+        r = report[key]
+        print(
+            f"| {label} | {r['samples']} | {r['argmax_equal']} | {r['logits_identical']} | "
+            f"{r['max_logit_diff_lsb']:g} LSB |"
+        )
+    ok = report["hls4ml_vs_reference_input_quantized"]["argmax_equal"] == len(x)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The integer reference (optsearch.integer_ref) against the Keras quantized model, and `optsearch verify`.
+
+Result folders are written directly (quantized.keras + a minimal formats.json) from uniform formats,
+so no search runs here. ``make_result_dir`` and ``tiny_model`` are shared with test_export.py and
+test_c_reference.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optsearch import integer_ref
+from optsearch.cli import cli
+from optsearch.fixedpoint import Format, quantize
+from optsearch.graph import quantized_model, uniform_formats
+from optsearch.integer_ref import Value, quantize_value, round_shift
+from optsearch.netlist import grids
+from optsearch.results import FORMATS_SCHEMA
+from optsearch.tensors import TensorId
+
+L = keras.layers
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model() -> keras.Model:
+    """Both kinds of layer: c1 takes a real input; c2 and out take fixed-point codes (integer-only).
+
+    Conv(relu) -> Q -> MaxPool -> Conv -> BN -> ReLU -> Q -> Flatten -> Dense(softmax, split) -> Q.
+    The pool is named ``p``, which hls4ml 1.3 renames ``p_0``.
+    """
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = L.Rescaling(1 / 255, name="scale")(inputs)
+    x = L.Conv2D(4, 3, activation="relu", name="c1")(x)
+    x = L.MaxPooling2D(2, padding="same", name="p")(x)
+    x = L.Conv2D(6, 3, padding="same", name="c2")(x)
+    x = L.BatchNormalization(name="bn2")(x)
+    x = L.ReLU(name="r2")(x)
+    x = L.Flatten(name="flat")(x)
+    outputs = L.Dense(3, activation="softmax", name="out")(x)
+    model = keras.Model(inputs, outputs, name="tiny")
+    randomize_batchnorm(model, np.random.default_rng(1))
+    return model
+
+
+def randomize_batchnorm(model: keras.Model, rng: np.random.Generator) -> None:
+    """Trained-looking BatchNorm statistics (untrained ones are the identity)."""
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2.0, c),
+                    rng.normal(0, 0.5, c),
+                    rng.normal(0, 0.5, c),
+                    rng.uniform(0.2, 3.0, c),
+                ]
+            )
+
+
+def images(n: int, shape: tuple[int, ...] = (8, 8, 1), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape)).astype(np.float32)
+
+
+def make_result_dir(
+    model: keras.Model,
+    x: np.ndarray,
+    out: Path,
+    bw: int = 8,
+    data_spec: str | None = None,
+    name: str | None = None,
+) -> Path:
+    """A result folder as `optsearch run` writes it, with uniform ``bw``-bit formats sized on ``x``.
+
+    ``name`` is the model's name in formats.json (`optsearch run` uses the file's stem).
+    """
+    qmodel = quantized_model(model)
+    probe = qmodel.activation_probe()
+    acts = probe.predict(x, verbose=0)
+    acts = acts if isinstance(acts, list) else [acts]
+    ranges = {q.name: float(np.max(np.abs(a))) for q, a in zip(qmodel.layers, acts, strict=True)}
+    formats = uniform_formats(qmodel, bw, ranges)
+    qmodel.set_formats(formats)
+    out.mkdir(parents=True)
+    qmodel.save(str(out / "quantized.keras"))
+    write_formats(out, name or model.name, qmodel.layers, formats, data_spec)
+    return out
+
+
+def write_formats(
+    out: Path, name: str, layers: object, formats: dict[TensorId, Format], data_spec: str | None
+) -> None:
+    """The parts of formats.json the deployment commands read."""
+    data = {
+        "schema": FORMATS_SCHEMA,
+        "model": {"name": name},
+        "data": {"spec": data_spec, "scale": None, "resize": None} if data_spec else {},
+        "layers": [
+            {
+                "name": q.name,  # type: ignore[attr-defined]
+                "tensors": {
+                    t.kind: {"bw": formats[t].bw, "f": formats[t].f}
+                    for t in q.tensors()  # type: ignore[attr-defined]
+                },
+            }
+            for q in layers  # type: ignore[attr-defined]
+        ],
+    }
+    (out / "formats.json").write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    x = images(64)
+    np.savez(root / "data.npz", x=x.astype(np.uint8), y=np.zeros(64, dtype=np.int64))
+    return make_result_dir(tiny_model(), x, root / "result", bw=6, data_spec=str(root / "data.npz"))
+
+
+# --- integer arithmetic --------------------------------------------------------------------------
+
+
+@given(st.integers(-(2**40), 2**40), st.integers(-8, 20))
+def test_round_shift_is_round_half_to_even(v: int, shift: int) -> None:
+    got = int(round_shift(np.array([v], dtype=np.int64), shift)[0])
+    assert got == int(np.rint(np.ldexp(float(v), -shift)))
+
+
+@given(
+    st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=20),
+    st.integers(-4, 12),
+    st.integers(1, 12),
+    st.integers(-6, 10),
+)
+def test_quantizing_codes_equals_quantizing_values(codes: list[int], f_in: int, bw: int, f: int) -> None:
+    """The shift-and-clip on integers is exactly Q (eq. 1-2) on the values they stand for."""
+    fmt = Format(bw, f)
+    values = np.ldexp(np.array(codes, dtype=np.float64), -f_in)
+    got = quantize_value(Value(np.array(codes, dtype=np.int64), f_in), fmt)
+    assert np.array_equal(got.real(), quantize(values, fmt))
+    assert np.array_equal(quantize_value(Value(values, None), fmt).real(), quantize(values, fmt))
+
+
+# --- against the Keras quantized model ------------------------------------------------------------
+
+
+def test_tiny_model_integer_layers_are_bit_exact(tiny_result: Path) -> None:
+    from optsearch.deploy_keras import load_result, verify
+
+    result = load_result(tiny_result)
+    static = grids(result.netlist)
+    integer = [n.name for n in result.netlist.weighted() if static[n.inputs[0]] is not None]
+    assert integer == ["c2", "out"]  # c1 reads the real-valued Rescaling output
+    agreement = verify(result, images(64), batch_size=32)
+    assert agreement.ok
+    by_name = {layer.name: layer for layer in agreement.layers}
+    # Integer-only layers: identical codes. c1 (real input, Keras in float32): at most rounding ties.
+    assert by_name["c2_act_quant"].differ == by_name["out_act_quant"].differ == 0
+    assert by_name["c1_act_quant"].explained
+    assert agreement.end_to_end.argmax_equal == agreement.samples == 64
+    assert agreement.layer_logits.identical == 64  # the logits layer is integer-only
+
+
+def test_branched_zoo_model_with_random_weights(tmp_path: Path) -> None:
+    """The Inception-style model (concat of four branches, bilinear resize, global average)."""
+    from optsearch import zoo
+    from optsearch.deploy_keras import load_result, verify
+
+    keras.utils.set_random_seed(3)
+    model = zoo.build("branched")
+    randomize_batchnorm(model, np.random.default_rng(3))
+    x = images(6, (28, 28, 1), seed=3)
+    result = load_result(make_result_dir(model, x, tmp_path / "branched"))
+    assert {n.op for n in result.netlist.nodes} >= {"concat", "resize", "global_avg", "maxpool"}
+    agreement = verify(result, x, batch_size=6)
+    assert agreement.layers_explained, [layer for layer in agreement.layers if not layer.explained]
+    assert agreement.ok and agreement.end_to_end.argmax_equal == agreement.samples
+    assert len(agreement.layers) == 23
+
+
+def test_verify_command(tiny_result: Path, tmp_path: Path) -> None:
+    report = tmp_path / "agreement.json"
+    out = CliRunner().invoke(cli, ["verify", str(tiny_result), "--json", str(report)])
+    assert out.exit_code == 0, out.output
+    assert "verify: OK" in out.output and "2 of 3 weighted layers have a fixed-point input" in out.output
+    assert "layer by layer, logits: argmax identical on 64/64 samples" in out.output
+    assert "end to end (the reference alone from the input): argmax identical on 64/64" in out.output
+    data = json.loads(report.read_text())
+    assert data["ok"] and data["samples"] == 64 and len(data["layers"]) == 3
+
+
+def test_verify_and_export_refuse_bad_folders(tiny_result: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for command in (["verify"], ["export", "--to", "c"], ["export", "--to", "hls4ml"]):
+        out = runner.invoke(cli, [*command, str(tmp_path / "missing")])
+        assert out.exit_code == 2 and "result folder not found" in out.output, out.output
+        out = runner.invoke(cli, [*command, str(tmp_path)])
+        assert out.exit_code == 2 and "no formats.json" in out.output, out.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "quantized.keras").write_bytes((tiny_result / "quantized.keras").read_bytes())
+    data = json.loads((tiny_result / "formats.json").read_text())
+    data["layers"][0]["tensors"]["W"]["f"] += 3
+    (broken / "formats.json").write_text(json.dumps(data))
+    out = runner.invoke(cli, ["verify", str(broken)])
+    assert out.exit_code == 2 and "do not belong together" in out.output and "'c1'" in out.output
+
+
+def test_layers_without_a_reference_are_named(tmp_path: Path) -> None:
+    inputs = keras.Input((6, 6, 1))
+    x = L.ZeroPadding2D(1, name="pad")(inputs)
+    x = L.Conv2D(2, 3, name="conv")(x)
+    outputs = L.Dense(2, name="dense")(L.Flatten()(x))
+    result = make_result_dir(keras.Model(inputs, outputs), images(4, (6, 6, 1)), tmp_path / "r")
+    out = CliRunner().invoke(cli, ["verify", str(result)])
+    assert out.exit_code == 2
+    assert "layer 'pad' (ZeroPadding2D)" in out.output and "no implementation" in out.output
+
+
+def test_scores_node_is_the_logits_quantizer(tiny_result: Path) -> None:
+    from optsearch.deploy_keras import load_result
+
+    netlist = load_result(tiny_result).netlist
+    assert integer_ref.scores_node(netlist) == "out_act_quant"
+    assert netlist.output == "out_softmax"
