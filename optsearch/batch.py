@@ -37,6 +37,7 @@ from optsearch.gate import (
     write_text,
 )
 from optsearch.gate import check as gate_check
+from optsearch.outdir import partial_dir
 from optsearch.results import RunResult
 from optsearch.yamlfile import ConfigError, Problem
 
@@ -197,7 +198,8 @@ def decide(job: Job, force: bool = False) -> Planned:
         return Planned(job, "blocked", f"model file not found: {model}")
     folder = job.folder
     if not folder.exists():
-        return Planned(job, "run")
+        work = partial_dir(folder)
+        return Planned(job, "run", f"resumes the interrupted run in {work}" if work.is_dir() else "")
     if not folder.is_dir():
         return Planned(job, "blocked", f"{folder} is a file, not a folder; move it or choose another name:")
     if force:
@@ -261,6 +263,18 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def resume_differences(request: RunRequest) -> list[str]:
+    """How an interrupted run's fingerprint differs from ``request``'s (empty: it can be resumed)."""
+    from optsearch.resume import fingerprint_differences, read_request
+    from optsearch.runner import request_fingerprint
+
+    try:
+        recorded = read_request(partial_dir(request.out_dir))
+    except OptsearchError as err:
+        return [str(err)]
+    return fingerprint_differences(recorded, request_fingerprint(request))
+
+
 def select(planned: Sequence[Planned], patterns: Sequence[str]) -> list[Planned]:
     """Keep the jobs whose name matches one of ``patterns`` (shell-style); the others are only listed."""
     if not patterns:
@@ -298,6 +312,7 @@ def request_for(values: Mapping[str, Any]) -> RunRequest:
         batch_size=values["batch_size"],
         input_bits=values["input_bits"],
         cache_mb=values["cache_mb"],
+        resume=bool(values.get("resume", False)),
     )
 
 
@@ -319,7 +334,18 @@ def execute(
         try:
             from optsearch.runner import run
 
-            run(request_for({**job.values, "overwrite": overwrite}), echo=echo or logged)
+            values = {**job.values, "overwrite": overwrite, "resume": False}
+            if not overwrite and partial_dir(job.folder).is_dir():
+                # An interrupted run of this job: resume it when it was started with these settings,
+                # else start again (the work folder is no result; it is replaced, not resumed).
+                resumable = resume_differences(request_for({**values, "resume": True})) == []
+                values = {**values, "resume": resumable, "overwrite": not resumable}
+                (echo or logged)(
+                    f"resuming the interrupted run in {partial_dir(job.folder)}"
+                    if resumable
+                    else f"discarding {partial_dir(job.folder)}: it was started with other settings"
+                )
+            run(request_for(values), echo=echo or logged)
             return "done", "", time.perf_counter() - started
         except OptsearchError as err:
             return "failed", str(err), time.perf_counter() - started

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -251,7 +252,7 @@ def evaluate(
     _quiet_tensorflow()
     from optsearch.graph import uniform_formats
     from optsearch.inputs import DataSettings, prepare
-    from optsearch.keras_evaluator import KerasEvaluator, activation_ranges
+    from optsearch.keras_evaluator import KerasEvaluator, activation_ranges, below_chance_warning
 
     started = time.perf_counter()
     settings = DataSettings(data_spec, scale, resize, search_fraction, seed)
@@ -269,6 +270,9 @@ def evaluate(
     for name, part in parts:
         evaluator = KerasEvaluator(inputs.qmodel, part, inputs.preprocess, batch_size)
         result = evaluator.evaluate(formats)
+        warning = below_chance_warning(evaluator.float_accuracy, inputs.num_classes, f"{name} set")
+        if warning is not None:
+            click.echo(warning, err=True)
         click.echo(
             f"{name:8s} {len(part):6d} samples  float {evaluator.float_accuracy:.4%}  "
             f"{label} {result.correct / result.samples:.4%}  loss {result.loss:+.4%}"
@@ -345,7 +349,7 @@ def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
         raise UserError(str(err)) from err
     from optsearch.outdir import check_out_dir
 
-    check_out_dir(out, values["overwrite"])
+    check_out_dir(out, values["overwrite"], values["resume"])
     gate = None
     if run_file is not None and run_file.check is not None:
         from optsearch.config import gate_settings
@@ -362,10 +366,26 @@ def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
         )
     _quiet_tensorflow()
     from optsearch.batch import request_for
+    from optsearch.config import command_line
     from optsearch.report import summary_lines
+    from optsearch.runner import RunInterrupted
     from optsearch.runner import run as run_search
 
-    result = run_search(request_for(values), echo=click.echo)
+    try:
+        with _sigterm_interrupts():
+            result = run_search(request_for(values), echo=click.echo)
+    except RunInterrupted as err:
+        again = command_line(values, resume=True, overwrite=False)
+        if config_file is not None:
+            again += f"  (settings from {config_file}: add --config {config_file})"
+        click.echo(
+            f"interrupted after {err.decided} of {err.total} tensors; resume with: {again}"
+            if err.kept
+            else f"interrupted before the first of {err.total} tensors was decided; "
+            "nothing to resume: run the same command again",
+            err=True,
+        )
+        ctx.exit(130)
     for line in summary_lines(result):
         click.echo(line)
     click.echo(
@@ -373,6 +393,24 @@ def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
     )
     if gate is not None and not _gate(out, gate, junit=None, classname=out.name):
         ctx.exit(EXIT_REGRESSION)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler) stops a run as Ctrl-C does: cleanly, resumable."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _gate(result: Path, gate: dict[str, Any], junit: Path | None, classname: str) -> bool:
@@ -533,9 +571,10 @@ def batch(
         write_summary(root, title, str(config_file), outcomes)
 
     click.echo(f"{config_file}: {len(jobs)} job{'s' if len(jobs) != 1 else ''} into {root}/")
-    outcomes = run_batch(
-        planned, workers, echo=click.echo, on_change=keep_summary, log_dir=root if workers > 1 else None
-    )
+    with _sigterm_interrupts():
+        outcomes = run_batch(
+            planned, workers, echo=click.echo, on_change=keep_summary, log_dir=root if workers > 1 else None
+        )
     written = write_summary(root, title, str(config_file), outcomes, plot=True)
     if junit is not None:
         from optsearch.batch import junit_cases

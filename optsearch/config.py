@@ -409,6 +409,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         off_flag="--no-overwrite",
     ),
     Setting(
+        "resume",
+        Value("bool"),
+        False,
+        "Continue an interrupted run of the same --out from its work folder (OUT.partial): the tensors "
+        "decided before are kept, the rest is searched. The settings, model and data must be the ones it "
+        "was started with. The result is the one an uninterrupted run gives.",
+        "false",
+        off_flag="--no-resume",
+    ),
+    Setting(
         "cache_mb",
         _NON_NEGATIVE,
         1024.0,
@@ -542,6 +552,30 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         interleave=bool(values["interleave"]),
         allocation=rules,
     )
+
+
+def command_line(values: Mapping[str, Any], **changes: Any) -> str:
+    """The ``optsearch run`` command with these settings (those not at their defaults), e.g. to resume."""
+    import shlex
+
+    values = {**values, **changes}
+    words = ["optsearch", "run"]
+    for s in RUN_SETTINGS:
+        value = values.get(s.name, s.default)
+        if s.argument:
+            words.append(str(value))
+        elif value == s.default or value is None or value == ():
+            continue
+        elif s.values[0].kind == "bool":
+            words.append(s.flag if value else s.off_flag)
+        elif s.multiple:
+            for item in value:
+                words += [s.flag, *(_num(v) if isinstance(v, float) else str(v) for v in item)]
+        elif isinstance(value, tuple | list):
+            words += [s.flag, *(str(v) for v in value)]
+        else:
+            words += [s.flag, repr(value) if isinstance(value, float) else str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _num(x: float | None) -> str:

@@ -405,6 +405,7 @@ def validate(
     _check_labels(ds, num_classes)
     _check_shape(ds, input_shape, preprocess)
     _check_finite(ds)
+    _check_scaled_range(ds, preprocess)
 
 
 def _check_labels(ds: Dataset, num_classes: int) -> None:
@@ -464,6 +465,24 @@ def _check_finite(ds: Dataset) -> None:
         raise DataError(
             f"{ds.source}: {n_bad_values} NaN or inf values in {n_bad_samples} of {len(ds.x)} samples; "
             "remove or repair those samples"
+        )
+
+
+def _check_scaled_range(ds: Dataset, preprocess: Preprocess) -> None:
+    """With ``--scale``, the scaled samples must stay finite in float32 (the model sees float32)."""
+    if preprocess.scale is None or ds.x.size == 0:
+        return
+    largest = 0.0
+    for start in range(0, len(ds.x), _FINITE_CHECK_ROWS):
+        chunk = ds.x[start : start + _FINITE_CHECK_ROWS]  # no float copy: max and min in its dtype
+        largest = max(largest, abs(float(chunk.max())), abs(float(chunk.min())))
+    with np.errstate(over="ignore"):
+        scaled = np.float32(largest) * np.float32(preprocess.scale)
+    if not np.isfinite(scaled):
+        raise DataError(
+            f"{ds.source}: --scale {preprocess.scale:g} makes the samples overflow float32 (largest "
+            f"magnitude {largest:g} times the scale is not finite); give the scale the model was trained "
+            "with, e.g. 0.00392156862745098 for 1/255"
         )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 
 from optsearch.data import Dataset, Preprocess, fit_channel_axis, load_data, split, validate
-from optsearch.errors import ModelError
+from optsearch.errors import DataError, ModelError
 from optsearch.graph import ActivationPoint, QuantizedModel, quantized_model
 from optsearch.loading import load_model
 
@@ -71,9 +71,11 @@ def prepare(
     classes = num_classes(model, path)
     dataset = load_data(data.spec, data.data_dir)
     input_shape = tuple(model.inputs[0].shape[1:])
-    preprocess = fit_channel_axis(
-        Preprocess(scale=data.scale, resize=data.resize), tuple(dataset.x.shape[1:]), input_shape
-    )
+    try:
+        chosen = Preprocess(scale=data.scale, resize=data.resize)
+    except ValueError as err:  # --scale nan or inf
+        raise DataError(f"{err}; give e.g. --scale 0.00392156862745098 for 1/255") from err
+    preprocess = fit_channel_axis(chosen, tuple(dataset.x.shape[1:]), input_shape)
     validate(dataset, input_shape=input_shape, num_classes=classes, preprocess=preprocess)
     search, held_out = split(dataset, data.search_fraction, data.seed)
     return Inputs(path, model, qmodel, search, held_out, preprocess, classes)

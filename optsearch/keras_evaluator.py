@@ -175,15 +175,43 @@ def input_spec(tensors: list[keras.KerasTensor], dtype: tf.DType | None = None) 
     return [tf.TensorSpec((None, *t.shape[1:]), dtype or t.dtype) for t in tensors]
 
 
+#: The class of a sample whose scores are not all finite: never a label, so it counts as wrong.
+NO_CLASS = -1
+
+
+def predicted_classes(scores: tf.Tensor) -> tf.Tensor:
+    """Top-1 classes, ``NO_CLASS`` for a row with a NaN or inf score.
+
+    ``tf.argmax`` skips NaN (an all-NaN row gives class 0), so a candidate format that overflows
+    would count as right on some samples. A non-finite row counts as wrong instead: such a
+    candidate loses accuracy and is rejected, and the run goes on.
+    """
+    classes = tf.argmax(scores, axis=-1)
+    finite = tf.reduce_all(tf.math.is_finite(scores), axis=-1)
+    return tf.where(finite, classes, tf.constant(NO_CLASS, classes.dtype))
+
+
 def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tf.Tensor]:
-    """One traced forward function returning argmax classes; reused for every format."""
+    """One traced forward function returning top-1 classes; reused for every format."""
     model = qmodel.keras_model
 
     @tf.function(input_signature=input_spec(model.inputs, tf.float32))  # batches are float32
     def predict(x: tf.Tensor) -> tf.Tensor:
-        return tf.argmax(model(x, training=False), axis=-1)
+        return predicted_classes(model(x, training=False))
 
     return predict
+
+
+def below_chance_warning(accuracy: float, classes: int, part: str) -> str | None:
+    """A warning when the float model is below chance (1 / classes) on the data: wrong preprocessing?"""
+    chance = 1.0 / classes
+    if accuracy >= chance:
+        return None
+    return (
+        f"warning: the float model's accuracy on the {part} is {accuracy:.2%}, below chance "
+        f"({chance:.2%} for {classes} classes): the data are probably not preprocessed as the model "
+        "expects (--scale, --resize, channel order) or the labels do not match; the run goes on"
+    )
 
 
 def activation_ranges(
@@ -204,11 +232,14 @@ def activation_ranges(
         return [tf.reduce_max(tf.abs(out)) for out in outputs]
 
     ranges = dict.fromkeys((q.name for q in qmodel.layers), 0.0)
+    bad: list[str] = []
     for x, _ in batches(data, batch_size, preprocess or Preprocess()):
         for q, value in zip(qmodel.layers, maxima(x), strict=True):
-            ranges[q.name] = max(ranges[q.name], float(value.numpy()))
+            z = float(value.numpy())
+            if not math.isfinite(z) and q.name not in bad:  # max() would skip a NaN
+                bad.append(q.name)
+            ranges[q.name] = max(ranges[q.name], z)
     qmodel.set_formats(previous)
-    bad = [name for name, z in ranges.items() if not math.isfinite(z)]
     if bad:
         raise DataError(
             f"the float activations of layer(s) {', '.join(bad)} are not finite on {data.source}; "

@@ -13,6 +13,15 @@ from optsearch.tensors import TensorId
 
 FORMATS_SCHEMA = "optsearch.formats/1"
 
+#: The fields of formats.json that differ between two runs with the same model, data, settings and
+#: seed on one machine: how long things took. Everything else is byte-identical (docs/robustness.md).
+TIMING_FIELDS = ("timings",)
+
+
+def without_timings(data: dict[str, Any]) -> dict[str, Any]:
+    """A formats.json's data without ``TIMING_FIELDS``: what two identical runs agree on, byte for byte."""
+    return {key: value for key, value in data.items() if key not in TIMING_FIELDS}
+
 
 @dataclass(frozen=True)
 class TensorResult:

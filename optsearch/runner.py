@@ -1,13 +1,15 @@
 """The main job: search the formats of a model and write every output, atomically (spec §5-§8).
 
-Everything is written into a temporary folder beside the output folder, renamed into place only
-when the run has finished: an interrupted or failed run never leaves a half result.
+Everything is written into the work folder ``<out>.partial`` beside the output folder, renamed into
+place only when the run has finished: an interrupted or failed run never leaves a half result. An
+interrupted run keeps its work folder (the decisions made so far) for ``--resume``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -28,11 +30,28 @@ from optsearch.errors import OptsearchError
 from optsearch.fixedpoint import Format
 from optsearch.graph import QuantizedModel, uniform_formats
 from optsearch.inputs import DataSettings, Inputs, prepare
-from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE, KerasEvaluator, activation_ranges
-from optsearch.outdir import atomic_dir, check_out_dir
+from optsearch.keras_evaluator import (
+    DEFAULT_BATCH_SIZE,
+    KerasEvaluator,
+    activation_ranges,
+    below_chance_warning,
+)
+from optsearch.outdir import check_out_dir, partial_dir, work_dir
 from optsearch.plots import plot_bitwidths, plot_loss_steps
 from optsearch.report import formats_csv, report_markdown
 from optsearch.results import Accuracy, Costs, LayerResult, RunResult, TensorResult
+from optsearch.resume import (
+    DECISIONS_FILE,
+    LOG_FILE,
+    REQUEST_FILE,
+    append_line,
+    decision_to_dict,
+    fingerprint_differences,
+    load_decisions,
+    read_request,
+    trim_log,
+    write_request,
+)
 from optsearch.search import EvaluationRecord, SearchSettings, TensorDecision, opt_search, search_plan
 from optsearch.tensors import KIND_NAMES, ActivationPoint, TensorId
 
@@ -53,12 +72,40 @@ class RunRequest:
     batch_size: int = DEFAULT_BATCH_SIZE
     input_bits: int = 8
     cache_mb: float = DEFAULT_CACHE_MB
+    resume: bool = False
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during the search: how far it got and where the work folder is."""
+
+    def __init__(self, decided: int, total: int, work: Path, kept: bool) -> None:
+        super().__init__(f"interrupted after {decided} of {total} tensors")
+        self.decided = decided
+        self.total = total
+        self.work = work
+        self.kept = kept
 
 
 def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
-    """Search the formats of ``request.model_path`` and write formats, report, plots, model, log."""
+    """Search the formats of ``request.model_path`` and write formats, report, plots, model, log.
+
+    Everything is written into ``<out>.partial`` and renamed to ``--out`` at the end. With
+    ``request.resume`` the decisions recorded there by an interrupted run are applied, not searched
+    again; the fingerprint of the run (settings, model, data, versions) must match.
+    """
     started = time.perf_counter()
-    check_out_dir(request.out_dir, request.overwrite)
+    check_out_dir(request.out_dir, request.overwrite, request.resume)
+    fingerprint = request_fingerprint(request)
+    work = partial_dir(request.out_dir)
+    if request.resume:
+        differences = fingerprint_differences(read_request(work), fingerprint)
+        if differences:
+            raise OptsearchError(
+                f"cannot resume {work}: it was started with other settings or inputs: "
+                + "; ".join(differences[:5])
+                + ". Resume with the settings it was started with, or pass --overwrite (without --resume) "
+                "to start again"
+            )
     inputs = prepare(
         request.model_path,
         request.data,
@@ -79,27 +126,65 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
     )
     timings["setup_seconds"] = time.perf_counter() - t0
     echo(f"float accuracy on the search set: {search_eval.float_accuracy:.2%}")
+    warning = below_chance_warning(search_eval.float_accuracy, inputs.num_classes, "search set")
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     magnitudes = {
         t: (ranges[t.layer] if t.kind == "A" else qmodel.largest_magnitude(t)) for t in qmodel.tensors
     }
-    with atomic_dir(request.out_dir, request.overwrite) as tmp:
+    tensors_by_layer = [q.tensors() for q in qmodel.layers]
+    plan = [t for t, _, _ in search_plan(tensors_by_layer, request.search)]
+    recorded = [0]
+
+    def keep(err: BaseException) -> bool:
+        """Keep the work folder of an interrupted or crashed run that has something to resume."""
+        return recorded[0] > 0 and not isinstance(err, OptsearchError)
+
+    with work_dir(request.out_dir, request.overwrite, request.resume, keep) as tmp:
+        write_request(tmp, fingerprint)
+        decided, log_lines = load_decisions(tmp, plan) if request.resume else ({}, [])
+        recorded[0] = len(decided)
+        trim_log(tmp, decided)
+        if request.resume:
+            echo(f"resuming {tmp}: {len(decided)} of {len(plan)} tensors decided before")
         t0 = time.perf_counter()
-        log_lines: list[str] = []
+        pending: list[str] = []
 
         def note(message: str) -> None:
-            log_lines.append(message)
+            pending.append(message)
             tqdm.write(message, file=sys.stderr)
 
-        with open(tmp / "search_log.jsonl", "w") as log_file, _Progress(qmodel, request.search) as progress:
-            outcome = opt_search(
-                search_eval,
-                [q.tensors() for q in qmodel.layers],
-                magnitudes,
-                request.search,
-                on_evaluation=lambda record: (_write_record(log_file, record), progress.evaluated(record)),
-                on_decision=progress.decided,
-                log=note,
-            )
+        with (
+            open(tmp / LOG_FILE, "a") as log_file,
+            open(tmp / DECISIONS_FILE, "a") as decisions_file,
+            _Progress(qmodel, request.search) as progress,
+        ):
+
+            def decided_now(decision: TensorDecision) -> None:
+                recorded[0] += 1  # first: an interruption during the write still keeps the folder
+                append_line(decisions_file, {"decision": decision_to_dict(decision), "notes": pending})
+                log_lines.extend(pending)
+                pending.clear()
+                progress.decided(decision)
+
+            for decision in decided.values():
+                progress.decided(decision)
+            try:
+                outcome = opt_search(
+                    search_eval,
+                    tensors_by_layer,
+                    magnitudes,
+                    request.search,
+                    on_evaluation=lambda record: (
+                        _write_record(log_file, record),
+                        progress.evaluated(record),
+                    ),
+                    on_decision=decided_now,
+                    decided=decided,
+                    log=note,
+                )
+            except KeyboardInterrupt as err:
+                raise RunInterrupted(recorded[0], len(plan), tmp, recorded[0] > 0) from err
         timings["search_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         found = outcome.formats
@@ -121,13 +206,47 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
             accuracy=accuracy,
             costs=_costs(qmodel, found, request.input_bits),
             steps=steps,
-            evaluations=outcome.evaluations,
+            # Every decision's evaluations, also those made before a resume (the same as one run).
+            evaluations=sum(d.evaluations for d in outcome.decisions),
             timings={**timings, "forward_passes": float(search_eval.passes)},
             versions=versions(),
             log=log_lines,
         )
         write_outputs(result, tmp)
+        for name in (REQUEST_FILE, DECISIONS_FILE):
+            (tmp / name).unlink(missing_ok=True)
     return result
+
+
+def request_fingerprint(request: RunRequest) -> dict[str, Any]:
+    """What decides a run's result, recorded in its work folder and compared by ``--resume``.
+
+    The search settings (``batch_size`` included: it decides how the data are batched), the model
+    and data files by sha256, and the versions of the libraries and the machine. ``cache_mb`` only
+    changes what is recomputed, not any number, and is left out.
+    """
+    settings = {k: v for k, v in _settings_info(request).items() if k != "cache_mb"}
+    data = request.data
+    spec_path = Path(data.spec)
+    data_info: dict[str, Any] = {
+        "spec": data.spec,
+        "scale": data.scale,
+        "resize": list(data.resize) if data.resize else None,
+        "search_fraction": data.search_fraction,
+        "seed": data.seed,
+    }
+    if spec_path.is_file():
+        data_info["sha256"] = sha256(spec_path)
+    model = {"path": str(request.model_path)}
+    if request.model_path.is_file():
+        model["sha256"] = sha256(request.model_path)
+    return {
+        "settings": settings,
+        "model": model,
+        "data": data_info,
+        "unsafe_load": request.unsafe_load,
+        "versions": versions(),
+    }
 
 
 def write_outputs(result: RunResult, folder: Path) -> None:
@@ -336,8 +455,22 @@ def _settings_info(request: RunRequest) -> dict[str, Any]:
     }
 
 
+#: CPU instruction-set extensions that change which kernels TensorFlow and oneDNN run.
+_SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+)
+
+
 def versions() -> dict[str, str]:
-    """Versions that decide the numbers (recorded in formats.json)."""
+    """Versions that decide the numbers (recorded in formats.json; see docs/robustness.md)."""
     return {
         "optsearch": __version__,
         "python": platform.python_version(),
@@ -345,7 +478,22 @@ def versions() -> dict[str, str]:
         "keras": keras.__version__,
         "numpy": np.__version__,
         "machine": platform.machine(),
+        "cpu_flags": cpu_flags(),
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
     }
+
+
+def cpu_flags() -> str:
+    """The SIMD extensions of this CPU that TensorFlow may use (from /proc/cpuinfo; "unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if line.startswith(("flags", "Features")):
+                    present = set(line.partition(":")[2].split())
+                    return " ".join(f for f in _SIMD_FLAGS if f in present) or "none"
+    except OSError:
+        pass
+    return "unknown"
 
 
 def load_formats(path: Path, qmodel: QuantizedModel) -> dict[TensorId, Format]:
