@@ -29,7 +29,7 @@ from optsearch.data import Dataset, Preprocess
 from optsearch.evaluator import Evaluation, settled
 from optsearch.fixedpoint import Format, quantize
 from optsearch.graph import QuantizedModel, Segment
-from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE, KerasEvaluator, input_spec
+from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE, KerasEvaluator, input_spec, predicted_classes
 from optsearch.tensors import TensorId
 
 DEFAULT_CACHE_MB = 1024
@@ -148,7 +148,7 @@ class CachedEvaluator(KerasEvaluator):
 
             @tf.function(input_signature=input_spec(suffix.inputs))
             def run(*cut: tf.Tensor) -> tf.Tensor:
-                return tf.argmax(suffix(list(cut) if len(cut) > 1 else cut[0], training=False), axis=-1)
+                return predicted_classes(suffix(list(cut) if len(cut) > 1 else cut[0], training=False))
 
             return run.get_concrete_function()
 

@@ -19,7 +19,7 @@ from optsearch.errors import DataError
 from optsearch.evaluator import Evaluation, relative_loss
 from optsearch.fixedpoint import Format
 from optsearch.graph import quantized_model
-from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE
+from optsearch.keras_evaluator import DEFAULT_BATCH_SIZE, predicted_classes
 from optsearch.tensors import ActivationPoint, TensorId
 
 
@@ -61,7 +61,7 @@ class NaiveEvaluator:
     def _predict(self, model: keras.Model) -> np.ndarray:
         """Top-1 classes of ``model`` for every sample, in order, one preprocessed batch at a time."""
         parts = [
-            np.argmax(model.predict(x, batch_size=self.batch_size, verbose=0), axis=-1)
+            predicted_classes(model.predict(x, batch_size=self.batch_size, verbose=0)).numpy()
             for x, _ in batches(self.data, self.batch_size, self.preprocess)
         ]
         return np.concatenate(parts).astype(np.int64)
