@@ -309,6 +309,7 @@ def request_for(values: Mapping[str, Any]) -> RunRequest:
         overwrite=bool(values["overwrite"]),
         unsafe_load=bool(values["unsafe_load"]),
         activation_point=values["activation_point"],
+        fold_bn=values["fold_bn"],
         batch_size=values["batch_size"],
         input_bits=values["input_bits"],
         cache_mb=values["cache_mb"],

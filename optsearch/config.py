@@ -25,7 +25,7 @@ from optsearch.allocation import (
 )
 from optsearch.fixedpoint import OFFSET_RULES
 from optsearch.search import DEPENDENT_BW0, INDEPENDENT_BW0, LAYER_ORDERS, SearchSettings
-from optsearch.tensors import ACTIVATION_POINTS, TENSOR_KINDS, TensorKind
+from optsearch.tensors import ACTIVATION_POINTS, FOLD_MODES, TENSOR_KINDS, TensorKind
 from optsearch.yamlfile import ConfigError, Document, Path_, Problem, parse_yaml, read_yaml, show
 
 ValueKind = Literal["int", "float", "bool", "str", "path", "choice", "order"]
@@ -284,6 +284,17 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "the file: use it only for files you trust.",
         "false",
         off_flag="--safe-load",
+    ),
+    Setting(
+        "fold_bn",
+        Value("choice", choices=FOLD_MODES),
+        "off",
+        "Fold BatchNorm layers into quantizable layers before the search, so that no float work is "
+        "left between them: exact folds only what computes the same function (a BN after a linear "
+        "layer, or before a Dense or an unpadded conv); all also folds into zero-padded convs, whose "
+        "border outputs then change. The report lists every BN and where it went, and the float "
+        "accuracy before and after folding.",
+        "exact",
     ),
     Setting(
         "activation_point",

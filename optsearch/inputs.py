@@ -6,15 +6,16 @@ here and reported as an ``OptsearchError`` naming what to fix, before a single f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 
 from optsearch.data import Dataset, Preprocess, fit_channel_axis, load_data, split, validate
 from optsearch.errors import DataError, ModelError
-from optsearch.graph import ActivationPoint, QuantizedModel, quantized_model
+from optsearch.graph import Fold, QuantizedModel, fold_batchnorm, quantized_model
 from optsearch.loading import load_model
+from optsearch.tensors import ActivationPoint, FoldMode
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Inputs:
     held_out: Dataset | None
     preprocess: Preprocess
     num_classes: int
+    folds: list[Fold] = field(default_factory=list)
+    """What ``--fold-bn`` did with each BatchNorm (``model`` stays the model as given)."""
 
 
 def num_classes(model: keras.Model, path: Path) -> int:
@@ -60,12 +63,14 @@ def prepare(
     *,
     unsafe_load: bool = False,
     activation_point: ActivationPoint = "activation",
+    fold_bn: FoldMode = "off",
 ) -> Inputs:
-    """Load the model, build its quantized clone, load, check and split the data."""
+    """Load the model (BatchNorms folded if asked) and its quantized clone; load, check and split the data."""
     path = Path(model_path)
     model = load_model(path, unsafe=unsafe_load)
     try:
-        qmodel = quantized_model(model, activation_point)
+        searched, folds = fold_batchnorm(model, fold_bn)
+        qmodel = quantized_model(searched, activation_point)
     except ModelError as err:
         raise ModelError(f"{path}: {err}") from err
     classes = num_classes(model, path)
@@ -78,4 +83,4 @@ def prepare(
     preprocess = fit_channel_axis(chosen, tuple(dataset.x.shape[1:]), input_shape)
     validate(dataset, input_shape=input_shape, num_classes=classes, preprocess=preprocess)
     search, held_out = split(dataset, data.search_fraction, data.seed)
-    return Inputs(path, model, qmodel, search, held_out, preprocess, classes)
+    return Inputs(path, model, qmodel, search, held_out, preprocess, classes, folds)

@@ -93,6 +93,7 @@ def report_markdown(result: RunResult) -> str:
             f"{k} {v['scheme']} ({v['start']}, {v['end']}] x eps" for k, v in s["allocation"].items()
         ),
         f"- {result.evaluations} evaluations, {result.timings['total_seconds']:.1f} s in total",
+        *_fold_lines(result),
         "",
         "## Formats",
         "",
@@ -194,4 +195,31 @@ def summary_lines(result: RunResult) -> list[str]:
         f"{_pct(vs32['multiply_cost'])} less than float32"
     )
     lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")
+    return lines
+
+
+def _fold_lines(result: RunResult) -> list[str]:
+    """The --fold-bn section: where every BatchNorm went, and the float accuracy it cost."""
+    folds = result.model.get("batchnorm_folds")
+    if not folds:
+        return []
+    before = result.model.get("float_accuracy_before_folding", {})
+    lines = [
+        "",
+        f"## BatchNorm folding (--fold-bn {result.settings.get('fold_bn', '?')})",
+        "",
+        "The search ran on the folded network; its float accuracy is the reference of every loss. "
+        "Float accuracy of the model as given, then folded:",
+        "",
+    ]
+    for part, accuracy in result.accuracy.items():
+        if part in before:
+            name, folded = part.replace("_", "-"), _pct(accuracy.float_model)
+            lines.append(f"- {name}: {_pct(before[part])} as given, {folded} folded")
+    lines += ["", "| BatchNorm | folded | into | exact | note |", "|---|---|---|---|---|"]
+    for fold in folds:
+        lines.append(
+            f"| {fold['batchnorm']} | {fold['how']} | {', '.join(fold['into']) or '-'} "
+            f"| {'yes' if fold['exact'] else 'no'} | {fold['note']} |"
+        )
     return lines

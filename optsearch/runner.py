@@ -25,16 +25,18 @@ from tqdm import tqdm
 
 from optsearch import __version__
 from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
+from optsearch.data import Dataset, batches
 from optsearch.engine import DEFAULT_CACHE_MB, CachedEvaluator
 from optsearch.errors import OptsearchError
 from optsearch.fixedpoint import Format
-from optsearch.graph import QuantizedModel, uniform_formats
+from optsearch.graph import Fold, QuantizedModel, uniform_formats
 from optsearch.inputs import DataSettings, Inputs, prepare
 from optsearch.keras_evaluator import (
     DEFAULT_BATCH_SIZE,
     KerasEvaluator,
     activation_ranges,
     below_chance_warning,
+    predicted_classes,
 )
 from optsearch.outdir import check_out_dir, partial_dir, work_dir
 from optsearch.plots import plot_bitwidths, plot_loss_steps
@@ -53,7 +55,7 @@ from optsearch.resume import (
     write_request,
 )
 from optsearch.search import EvaluationRecord, SearchSettings, TensorDecision, opt_search, search_plan
-from optsearch.tensors import KIND_NAMES, ActivationPoint, TensorId
+from optsearch.tensors import KIND_NAMES, ActivationPoint, FoldMode, TensorId
 
 UNIFORM_BW = 8
 
@@ -69,6 +71,7 @@ class RunRequest:
     overwrite: bool = False
     unsafe_load: bool = False
     activation_point: ActivationPoint = "activation"
+    fold_bn: FoldMode = "off"
     batch_size: int = DEFAULT_BATCH_SIZE
     input_bits: int = 8
     cache_mb: float = DEFAULT_CACHE_MB
@@ -111,8 +114,19 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
         request.data,
         unsafe_load=request.unsafe_load,
         activation_point=request.activation_point,
+        fold_bn=request.fold_bn,
     )
     qmodel = inputs.qmodel
+    folding: dict[str, Any] = {}
+    for fold in inputs.folds:
+        echo(_fold_line(fold))
+    if inputs.folds:
+        parts = {"search": inputs.search, "held_out": inputs.held_out}
+        folding["float_accuracy_before_folding"] = {
+            name: _unfolded_accuracy(inputs, part, request.batch_size)
+            for name, part in parts.items()
+            if part is not None
+        }
     echo(
         f"{request.model_path}: {len(qmodel.layers)} quantizable layers, {len(qmodel.tensors)} tensors; "
         f"search set {len(inputs.search)} samples"
@@ -199,7 +213,7 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
         qmodel.save(str(tmp / "quantized.keras"))
         timings["total_seconds"] = time.perf_counter() - started
         result = RunResult(
-            model=_model_info(inputs),
+            model={**_model_info(inputs), **folding},
             data=_data_info(inputs, request.data),
             settings=_settings_info(request),
             layers=_layer_results(qmodel, outcome.decisions, magnitudes),
@@ -412,13 +426,33 @@ def sha256(path: Path) -> str:
 
 
 def _model_info(inputs: Inputs) -> dict[str, Any]:
-    return {
+    info: dict[str, Any] = {
         "path": str(inputs.model_path),
         "name": inputs.model_path.stem,
         "sha256": sha256(inputs.model_path),
         "input_shape": list(inputs.model.inputs[0].shape[1:]),
         "classes": inputs.num_classes,
     }
+    if inputs.folds:
+        info["batchnorm_folds"] = [asdict(fold) for fold in inputs.folds]
+    return info
+
+
+def _fold_line(fold: Fold) -> str:
+    """One line per BatchNorm under --fold-bn: where it went, or why it stayed."""
+    if not fold.into:
+        return f"--fold-bn: '{fold.batchnorm}' kept in float: {fold.note}"
+    exact = "" if fold.exact else " (not exact: border outputs change)"
+    return f"--fold-bn: '{fold.batchnorm}' folded {fold.how} into {', '.join(fold.into)}{exact}"
+
+
+def _unfolded_accuracy(inputs: Inputs, part: Dataset, batch_size: int) -> float:
+    """Top-1 accuracy of the model as given (before --fold-bn) on ``part``, for the report."""
+    correct = 0
+    for x, y in batches(part, batch_size, inputs.preprocess):
+        scores = inputs.model(x, training=False)
+        correct += int(np.sum(predicted_classes(scores).numpy() == y))
+    return correct / len(part)
 
 
 def _data_info(inputs: Inputs, data: DataSettings) -> dict[str, Any]:
@@ -449,6 +483,7 @@ def _settings_info(request: RunRequest) -> dict[str, Any]:
         "interleave": s.interleave,
         "allocation": {kind: asdict(rule) for kind, rule in s.allocation.items()},
         "activation_point": request.activation_point,
+        "fold_bn": request.fold_bn,
         "input_bits": request.input_bits,
         "batch_size": request.batch_size,
         "cache_mb": request.cache_mb,

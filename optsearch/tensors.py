@@ -13,6 +13,10 @@ KIND_NAMES: dict[TensorKind, str] = {"W": "weights", "B": "biases", "A": "activa
 ActivationPoint = Literal["activation", "chain_end"]
 ACTIVATION_POINTS: tuple[ActivationPoint, ...] = ("activation", "chain_end")
 
+#: ``--fold-bn``: no folding, only folds that keep the function, or also those that change borders.
+FoldMode = Literal["off", "exact", "all"]
+FOLD_MODES: tuple[FoldMode, ...] = ("off", "exact", "all")
+
 
 @dataclass(frozen=True, order=True)
 class TensorId:
