@@ -3,8 +3,8 @@
 Every run is an ordinary ``optsearch run`` (``optsearch.runner.run``) with the settings below. A
 finished run's outputs (formats.json, formats.csv, report.md, plots; not the quantized model) are
 copied to ``docs/paper/<run>/`` with the run's definition in ``run.json``; a run whose copy exists
-with the same definition is skipped, so the script resumes after an interruption (the run that
-was interrupted starts again: ``optsearch run`` writes nothing until it has finished). After each
+with the same definition is skipped, and a run that was interrupted resumes from its work folder
+(``optsearch run --resume``: the tensors decided before are kept). After each
 run, and with ``--render-only``, ``docs/results.md`` and ``docs/pareto.png`` are regenerated from
 the finished runs; what has not run yet is marked as such.
 
@@ -36,7 +36,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,9 @@ def plan() -> list[PaperRun]:
 def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
     """The ``RunRequest`` of ``run`` (imports TensorFlow)."""
     from optsearch.allocation import PAPER_ALLOCATION, constant_allocation, uniform_allocation
+    from optsearch.batch import resume_differences
     from optsearch.inputs import DataSettings
+    from optsearch.outdir import partial_dir
     from optsearch.runner import RunRequest
     from optsearch.search import DEPENDENT_BW0, INDEPENDENT_BW0, SearchSettings
 
@@ -139,7 +141,10 @@ def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
         allocation=allocation,
     )
     data = DataSettings(run.dataset, search_fraction=run.search_fraction, seed=0, data_dir=data_dir)
-    return RunRequest(model_path=run.model_path, data=data, search=settings, out_dir=out, overwrite=True)
+    request = RunRequest(model_path=run.model_path, data=data, search=settings, out_dir=out, overwrite=True)
+    if partial_dir(out).is_dir() and not resume_differences(replace(request, resume=True)):
+        return replace(request, overwrite=False, resume=True)  # an interrupted run: continue it
+    return request
 
 
 def is_done(run: PaperRun) -> bool:
