@@ -21,7 +21,7 @@ import numpy as np
 import optsearch.quantizer_layer  # noqa: F401  (registers FixedPointQuantizer for loading)
 from optsearch import integer_ref
 from optsearch.fixedpoint import Format, to_codes
-from optsearch.graph import QUANTIZER_SUFFIX
+from optsearch.graph import INFERENCE_IDENTITY_CLASSES, QUANTIZER_SUFFIX
 from optsearch.integer_ref import Agreement
 from optsearch.netlist import DeployError, FixedArray, Netlist, Node
 from optsearch.tensors import TensorId
@@ -29,16 +29,7 @@ from optsearch.tensors import TensorId
 FORMATS_FILE = "formats.json"
 MODEL_FILE = "quantized.keras"
 
-_IDENTITY = (
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "Identity",
-)
+_IDENTITY = INFERENCE_IDENTITY_CLASSES
 _CONV = ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
 
 

@@ -18,25 +18,10 @@ import numpy as np
 
 from optsearch.fixedpoint import Format
 from optsearch.integer_ref import scores_node
-from optsearch.netlist import DeployError, FixedArray, Grid, Netlist, Node, grids, smallest_c_int
+from optsearch.netlist import OPS, DeployError, FixedArray, Grid, Netlist, Node, grids, smallest_c_int
 
-#: Operations the C reference implements (a sequential chain of them).
-C_OPS = (
-    "input",
-    "rescale",
-    "conv",
-    "dense",
-    "batchnorm",
-    "relu",
-    "quantize",
-    "maxpool",
-    "avgpool",
-    "global_max",
-    "global_avg",
-    "flatten",
-    "identity",
-    "softmax",
-)
+#: Operations the C reference implements (a sequential chain of them): the netlist's, less these.
+C_OPS = tuple(op for op in OPS if op not in ("resize", "depthwise", "separable", "concat", "add"))
 #: Integer accumulators must fit int64 with a bit to spare for the bias.
 MAX_ACCUMULATOR_BITS = 62
 COMPILE_COMMAND = "cc -std=c99 -O2 -ffp-contract=off -o {prefix}_ref {prefix}_ref.c -lm"

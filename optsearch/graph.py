@@ -32,9 +32,8 @@ QUANTIZABLE_CLASSES = (
 )
 #: Activation layers: the activation tensor of a layer is taken right after the first one of these.
 ACTIVATION_CLASSES = ("ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "Activation")
-#: Single-input element-wise layers (at inference) that the search looks through for an activation.
-ELEMENTWISE_CLASSES = (
-    "BatchNormalization",
+#: Layers that are the identity at inference.
+INFERENCE_IDENTITY_CLASSES = (
     "Dropout",
     "SpatialDropout1D",
     "SpatialDropout2D",
@@ -44,6 +43,8 @@ ELEMENTWISE_CLASSES = (
     "AlphaDropout",
     "Identity",
 )
+#: Single-input element-wise layers (at inference) that the search looks through for an activation.
+ELEMENTWISE_CLASSES = ("BatchNormalization", *INFERENCE_IDENTITY_CLASSES)
 #: Layers with weights that stay in float, as in the paper (spec §3).
 FLOAT_WEIGHT_CLASSES = (
     "BatchNormalization",
@@ -569,17 +570,7 @@ __all__ = [
 # Folding BatchNorm into quantizable layers (--fold-bn)
 
 #: Layers a per-channel affine map passes through unchanged (identity at inference, or a reshape).
-_FOLD_PASS = (
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "Identity",
-    "Flatten",
-)
+_FOLD_PASS = (*INFERENCE_IDENTITY_CLASSES, "Flatten")
 #: Pooling commutes with x -> a x + c: averages always, maxima when every a >= 0.
 _FOLD_AVERAGE = (
     "AveragePooling1D",
