@@ -183,6 +183,17 @@ def load_decisions(work: Path, plan: Sequence[TensorId]) -> tuple[dict[TensorId,
     return decided, notes
 
 
+def decided_seconds(work: Path) -> float:
+    """Wall seconds the recorded decisions took in the runs that made them (``seconds`` of each line of
+    the decisions file; 0 for lines written without it), so a resumed run reports the whole search's
+    time, less the tensor that was in progress when it stopped."""
+    total = 0.0
+    for line in read_lines(work / DECISIONS_FILE):
+        seconds = line.get("seconds", 0.0)
+        total += float(seconds) if isinstance(seconds, int | float) else 0.0
+    return total
+
+
 def trim_log(work: Path, decided: Mapping[TensorId, TensorDecision]) -> None:
     """Keep the evaluation lines of the decided tensors only: the tensor in progress is searched again."""
     path = work / LOG_FILE

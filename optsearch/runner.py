@@ -47,6 +47,7 @@ from optsearch.resume import (
     LOG_FILE,
     REQUEST_FILE,
     append_line,
+    decided_seconds,
     decision_to_dict,
     fingerprint_differences,
     load_decisions,
@@ -159,9 +160,11 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
         decided, log_lines = load_decisions(tmp, plan) if request.resume else ({}, [])
         recorded[0] = len(decided)
         trim_log(tmp, decided)
+        searched_before = decided_seconds(tmp) if request.resume else 0.0
         if request.resume:
             echo(f"resuming {tmp}: {len(decided)} of {len(plan)} tensors decided before")
         t0 = time.perf_counter()
+        last_decision = [t0]
         pending: list[str] = []
 
         def note(message: str) -> None:
@@ -176,7 +179,10 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
 
             def decided_now(decision: TensorDecision) -> None:
                 recorded[0] += 1  # first: an interruption during the write still keeps the folder
-                append_line(decisions_file, {"decision": decision_to_dict(decision), "notes": pending})
+                now = time.perf_counter()
+                seconds, last_decision[0] = round(now - last_decision[0], 3), now
+                line = {"decision": decision_to_dict(decision), "notes": pending, "seconds": seconds}
+                append_line(decisions_file, line)
                 log_lines.extend(pending)
                 pending.clear()
                 progress.decided(decision)
@@ -199,7 +205,9 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
                 )
             except KeyboardInterrupt as err:
                 raise RunInterrupted(recorded[0], len(plan), tmp, recorded[0] > 0) from err
-        timings["search_seconds"] = time.perf_counter() - t0
+        timings["search_seconds"] = searched_before + time.perf_counter() - t0
+        if request.resume:
+            timings["search_seconds_before_resume"] = searched_before
         t0 = time.perf_counter()
         found = outcome.formats
         steps = _steps(outcome.decisions, search_eval, request.search.independent)

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -65,6 +66,7 @@ ABLATION_MODEL = "sequential_mnist"
 SCHEMES = ("constant", "log", "linear", "quadratic", "exponential")
 SWEEP_EPS = (0.0025, 0.005, 0.01, 0.02, 0.04)
 FILES_KEPT = ("formats.json", "formats.csv", "report.md", "bitwidths.png", "loss_steps.png")
+TIMING_FILE = "timing.json"
 
 #: Spec §9: the paper's figures (savings recomputed from its per-layer results).
 PAPER = {
@@ -159,23 +161,58 @@ def is_done(run: PaperRun) -> bool:
         return False
 
 
+class LoadMeter:
+    """Samples the machine's 1-minute load average in a thread while a run goes, so its wall time can
+    be read against how busy the 2 cores were (the zoo training often runs alongside)."""
+
+    def __init__(self, period: float = 30.0) -> None:
+        self._period, self._samples = period, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._period):
+            self._samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return sum(self._samples) / len(self._samples)
+
+
 def execute(run: PaperRun, data_dir: str, log: Callable[[str], None]) -> None:
-    """Run ``run`` with ``optsearch.runner.run`` and keep its small outputs in ``docs/paper/``."""
+    """Run ``run`` with ``optsearch.runner.run`` and keep its small outputs in ``docs/paper/``, with
+    its wall and CPU seconds and the machine's mean load in ``timing.json``."""
     from optsearch.runner import run as run_search
 
     work = WORK_DIR / run.name
-    started = time.perf_counter()
-    run_search(request_for(run, data_dir, work), echo=log)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with LoadMeter() as load:
+        run_search(request_for(run, data_dir, work), echo=log)
+    timing = {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "mean_load_1min": round(load.mean, 2),
+        "cores": os.cpu_count(),
+    }
     target = RESULTS_DIR / run.name
     tmp = RESULTS_DIR / f".{run.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in FILES_KEPT:
         shutil.copy2(work / name, tmp / name)
+    (tmp / TIMING_FILE).write_text(json.dumps(timing, indent=2) + "\n")
     (tmp / "run.json").write_text(json.dumps(asdict(run), indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    log(f"{run.name}: done in {time.perf_counter() - started:.0f} s")
+    log(f"{run.name}: done in {timing['wall_seconds']:.0f} s (load {timing['mean_load_1min']:.1f})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +235,16 @@ def _pct(x: float) -> str:
 def _duration(seconds: float) -> str:
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes >= 2 else f"{seconds:.0f} s"
+
+
+def _search_time(run: PaperRun, r: Any) -> str:
+    """The search's wall time, with the machine's mean load during the run where it was recorded."""
+    cell = _duration(r.timings["search_seconds"])
+    try:
+        timing = json.loads((RESULTS_DIR / run.name / TIMING_FILE).read_text())
+    except (OSError, ValueError):
+        return cell
+    return f"{cell} (load {timing['mean_load_1min']:.1f})"
 
 
 def _not_run(run: PaperRun, columns: int) -> str:
@@ -226,7 +273,7 @@ def headline_table(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[st
             f"| {run.model}{_cifar_mark(run)} | {_pct(acc.float_model)} | {_pct(acc.quantized)} "
             f"| {_pct(acc.quantized_loss)} | {_pct(acc.uniform8)} | {_pct(acc.uniform8_loss)} "
             f"| {_pct(s8['memory'])} | {_pct(s8['multiply_cost'])} | {_pct(s32['memory'])} "
-            f"| {_pct(s32['multiply_cost'])} | {r.evaluations} | {_duration(r.timings['search_seconds'])} |"
+            f"| {_pct(s32['multiply_cost'])} | {r.evaluations} | {_search_time(run, r)} |"
         )
     lines.append(
         f"| **paper** (spec §9) | | | {PAPER['loss']} | | | {PAPER['memory_vs_8bit']} "
@@ -286,12 +333,12 @@ def variant_table(rows: Sequence[tuple[str, PaperRun]], results: dict[str, Any])
         if r is None:
             lines.append(f"| {label} | *not yet run* | | | | | | | |")
             continue
-        s8, seconds = r.savings("uniform8"), r.timings["search_seconds"]
+        s8 = r.savings("uniform8")
         lines.append(
             f"| {label} | {_pct(r.accuracy['search'].quantized_loss)} "
             f"| {r.costs['quantized'].memory_bytes:,.0f} | {_pct(s8['memory'])} "
             f"| {_pct(s8['multiply_cost'])} | {_bits(r, 'W')} | {_bits(r, 'A')} | {r.evaluations} "
-            f"| {_duration(seconds)} |"
+            f"| {_search_time(run, r)} |"
         )
     return lines
 
@@ -368,7 +415,9 @@ def render(runs: Sequence[PaperRun]) -> str:
         f"- Finished runs: {len(results)} of {len(runs)}"
         + (f"; **not yet run**: {', '.join(missing)}" if missing else ""),
         "- Versions: " + (", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "-"),
-        "- Machine: 2 CPU cores (the runs' wall times are on it, often with a training job alongside)",
+        "- Machine: 2 CPU cores. Search times are wall times on it, often with the zoo training alongside: "
+        "each shows the mean 1-minute load average during its run (2.0 = both cores busy; about 4 = "
+        "the run had half the machine). `docs/paper/<run>/timing.json` also has its CPU seconds.",
         "",
         "¹ CIFAR-10 models are trained on 20,000 CIFAR-10 images decoded from JPEG (quality 75, lossy) "
         "and tested on the JPEG-decoded test set, so their float accuracy is lower than the paper's "
