@@ -76,6 +76,9 @@ PAPER = {
     "memory_vs_float32": "87.7% (mean, 8.1x)",
     "evaluations": "670-710 (sequential), 1035-1090 (branched)",
     "independent_combined_loss": "about 51% (Fig. 5b)",
+    "bits_sequential_mnist": "weights 2-5 bits, biases mostly 1, activations 3-6, logits 5",
+    "bits_all_models": "W 1-10, B 1-6, A 1-11 across all eight models; the first layer and the logits "
+    "need the most bits",
 }
 
 
@@ -348,6 +351,19 @@ def _bits(r: Any, kind: str) -> str:
     return f"{min(bits)}-{max(bits)}" if bits else ""
 
 
+def bit_ranges(r: Any) -> str:
+    """One line summing up a run's bitwidths, worded like spec §9's summary of the paper's."""
+    biases = [layer.tensors["B"].bw for layer in r.layers if "B" in layer.tensors]
+    most = max(set(biases), key=biases.count) if biases else 0
+    last = r.layers[-1]
+    tensors = last.tensors
+    logits = f"; {last.name}: W {tensors['W'].bw}, A {tensors['A'].bw}" if "A" in tensors else ""
+    return (
+        f"Measured: W {_bits(r, 'W')} bits, B {_bits(r, 'B')} ({most} in {biases.count(most)} of "
+        f"{len(biases)} layers), A {_bits(r, 'A')}{logits}."
+    )
+
+
 def sweep_table(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[str]:
     lines = [
         "| eps | search loss | held-out loss | memory (bytes) | memory vs 8-bit | multiply vs 8-bit |",
@@ -443,7 +459,7 @@ def render(runs: Sequence[PaperRun]) -> str:
         "## Per-layer formats",
         "",
         "Bitwidth and (BW, F) of every tensor, from the whole-test-set runs; the plot of each run is "
-        "`docs/paper/<run>/bitwidths.png`.",
+        f"`docs/paper/<run>/bitwidths.png`. Paper (spec §9): {PAPER['bits_all_models']}.",
     ]
     for run in by_group["paper"]:
         r = results.get(run.name)
@@ -451,7 +467,9 @@ def render(runs: Sequence[PaperRun]) -> str:
         if r is None:
             lines.append("*Not yet run.*")
             continue
-        lines += [f"![bitwidths](paper/{run.name}/bitwidths.png)", "", *bitwidth_table(r)]
+        lines += [f"![bitwidths](paper/{run.name}/bitwidths.png)", "", *bitwidth_table(r), "", bit_ranges(r)]
+        if run.model == ABLATION_MODEL:
+            lines[-1] += f" Paper (spec §9): {PAPER['bits_sequential_mnist']}."
     independent = by_group["independent"][0]
     ind = results.get(independent.name)
     lines += [
