@@ -1,0 +1,94 @@
+"""scripts/reproduce_paper.py end to end on a tiny stand-in for the zoo model: it runs, keeps the
+outputs, skips what is done, and renders docs/results.md with the finished rows filled in."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import keras
+import numpy as np
+import pytest
+
+L = keras.layers
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
+
+
+def _script(root: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The script as a module, its folders moved under ``root``."""
+    spec = importlib.util.spec_from_file_location("reproduce_paper_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    for name, path in {
+        "MODELS": root / "models",
+        "RESULTS_DIR": root / "docs" / "paper",
+        "RESULTS_MD": root / "docs" / "results.md",
+        "PARETO_PNG": root / "docs" / "pareto.png",
+        "WORK_DIR": root / "runs" / "paper",
+    }.items():
+        monkeypatch.setattr(module, name, path)
+    return module
+
+
+def _tiny_zoo(root: Path) -> Path:
+    """A small conv net saved as models/sequential_mnist.keras, and an mnist.npz its labels fit."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Rescaling(1 / 255, name="rescale"),
+            L.Conv2D(4, 5, strides=3, activation="relu", name="c1"),
+            L.BatchNormalization(name="bn1"),
+            L.GlobalMaxPooling2D(name="pool"),
+            L.Dense(10, name="logits"),
+            L.Softmax(name="softmax"),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(240, 28, 28, 1), dtype=np.uint8)
+    y = np.argmax(model.predict(x.astype(np.float32), verbose=0), axis=1)
+    y[:12] = (y[:12] + 1) % 10  # a few wrong labels, so the float model is not perfect
+    (root / "models").mkdir(parents=True)
+    model.save(root / "models" / "sequential_mnist.keras")
+    data = root / "data"
+    data.mkdir()
+    np.savez_compressed(data / "mnist.npz", x_train=x[:40], y_train=y[:40], x_test=x, y_test=y)
+    return data
+
+
+def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = _script(tmp_path, monkeypatch)
+    data = _tiny_zoo(tmp_path)
+    runs = ["paper-sequential_mnist", "split-sequential_mnist"]
+
+    assert script.main(["--only", *runs, "--data-dir", str(data)]) == 0
+    for name in runs:
+        folder = tmp_path / "docs" / "paper" / name
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [*script.FILES_KEPT, "run.json", script.TIMING_FILE]
+        )
+        timing = json.loads((folder / script.TIMING_FILE).read_text())
+        assert timing["wall_seconds"] > 0 and timing["cpu_seconds"] > 0 and timing["mean_load_1min"] >= 0
+    results = (tmp_path / "docs" / "results.md").read_text()
+    plan = script.plan()
+    assert f"Finished runs: 2 of {len(plan)}" in results
+    assert "| sequential_mnist | *not yet run*" not in results  # both of its rows are measured
+    assert "| sequential_fashion_mnist | *not yet run*" in results
+    assert "Measured: W " in results and "Paper (spec §9): weights 2-5 bits" in results
+    row = next(line for line in results.splitlines() if line.startswith("| sequential_mnist | 9"))
+    assert re.search(r"\| \d+ s \(load \d+\.\d\) \|$", row), row  # search time with the load beside it
+
+    # Done runs are skipped: a second call leaves their outputs untouched.
+    stamp = (tmp_path / "docs" / "paper" / runs[0] / "formats.json").stat().st_mtime_ns
+    assert script.main(["--only", *runs, "--data-dir", str(data)]) == 0
+    assert (tmp_path / "docs" / "paper" / runs[0] / "formats.json").stat().st_mtime_ns == stamp
+    # A changed definition is not done any more.
+    run_json = tmp_path / "docs" / "paper" / runs[0] / "run.json"
+    run_json.write_text(run_json.read_text().replace('"eps": 0.01', '"eps": 0.02'))
+    assert not script.is_done(next(r for r in plan if r.name == runs[0]))
