@@ -94,13 +94,14 @@ def export_command(
         destination = base / target
         with atomic_dir(destination, overwrite) as tmp:
             if target == "hls4ml":
+                from optsearch.deploy_keras import folded_batchnorms
                 from optsearch.export_hls4ml import export, write_files
 
                 fmt = Format(*input_format) if input_format else None
                 exported = export(
                     result.netlist, input_format=fmt, input_range=input_range, input_bits=input_bits
                 )
-                files = write_files(exported, tmp, result.name, str(result_dir))
+                files = write_files(exported, tmp, result.name, str(result_dir), folded_batchnorms(result))
                 notes = exported.notes
             else:
                 from optsearch.export_c import export as export_c

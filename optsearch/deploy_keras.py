@@ -28,6 +28,8 @@ from optsearch.tensors import TensorId
 
 FORMATS_FILE = "formats.json"
 MODEL_FILE = "quantized.keras"
+#: ``--fold-bn`` runs: the float model with the BatchNorms folded, which the formats belong to.
+FOLDED_MODEL_FILE = "folded_model.keras"
 
 _IDENTITY = INFERENCE_IDENTITY_CLASSES
 _CONV = ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
@@ -68,6 +70,12 @@ def read_formats(path: Path) -> tuple[dict[TensorId, Format], dict[str, Any]]:
             f"{path} is not a formats.json written by `optsearch run` ({type(err).__name__}: {err})"
         ) from err
     return formats, data
+
+
+def folded_batchnorms(result: Any) -> list[str]:
+    """The BatchNorms the run of ``result`` folded into other layers (``--fold-bn``), in model order."""
+    folds = result.info.get("model", {}).get("batchnorm_folds", [])
+    return [fold["batchnorm"] for fold in folds if fold.get("into")]
 
 
 def load_result(result_dir: str | Path) -> ResultDir:

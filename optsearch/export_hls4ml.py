@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,8 +278,14 @@ def _layer(
     return out, [(node.name, {"Precision": precision})]
 
 
-def write_files(result: Hls4mlExport, out_dir: Path, model_name: str, source: str) -> list[str]:
-    """Write hls4ml_config.json, hls4ml_config.yml and hls4ml_config.py into ``out_dir``."""
+def write_files(
+    result: Hls4mlExport, out_dir: Path, model_name: str, source: str, folded: Sequence[str] = ()
+) -> list[str]:
+    """Write hls4ml_config.json, hls4ml_config.yml and hls4ml_config.py into ``out_dir``.
+
+    ``folded``: the BatchNorms a ``--fold-bn`` run folded; the helper then refuses a model that still
+    has them (the formats belong to the folded model, saved as ``folded_model.keras``).
+    """
     import yaml  # type: ignore[import-untyped]
 
     out = Path(out_dir)
@@ -294,11 +300,11 @@ def write_files(result: Hls4mlExport, out_dir: Path, model_name: str, source: st
     yml += "".join(f"# note: {note}\n" for note in result.notes)
     yml += yaml.safe_dump(result.config, sort_keys=False)
     (out / "hls4ml_config.yml").write_text(yml)
-    (out / "hls4ml_config.py").write_text(_helper(result, model_name, header))
+    (out / "hls4ml_config.py").write_text(_helper(result, model_name, header, folded))
     return ["hls4ml_config.json", "hls4ml_config.yml", "hls4ml_config.py"]
 
 
-def _helper(result: Hls4mlExport, model_name: str, header: str) -> str:
+def _helper(result: Hls4mlExport, model_name: str, header: str, folded: Sequence[str]) -> str:
     config = json.dumps(result.config, indent=4).replace("false", "False").replace("true", "True")
     formats = json.dumps({k: {t: list(v) for t, v in d.items()} for k, d in result.weight_formats.items()})
     notes = "".join(f"#  - {note}\n" for note in result.notes)
@@ -310,6 +316,7 @@ def _helper(result: Hls4mlExport, model_name: str, header: str) -> str:
         preprocessing=json.dumps(result.preprocessing),
         input_format=json.dumps([result.input_format.bw, result.input_format.f]),
         weight_formats=formats,
+        folded=json.dumps(list(folded)),
         model_name=model_name,
     )
 
@@ -334,6 +341,9 @@ PREPROCESSING = {preprocessing}
 INPUT_FORMAT = {input_format}
 #: The weights and biases formats (BW, F) per layer; BW = 1 is pruned (all zeros).
 WEIGHT_FORMATS = {weight_formats}
+#: BatchNorms folded into their neighbours before the search (optsearch run --fold-bn): the formats
+#: belong to the folded model, which the run saved as folded_model.keras.
+FOLDED_BATCHNORMS = {folded}
 
 
 def quantize(x, bw, f):
@@ -354,6 +364,12 @@ def prepare_model(model):
 
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+    unfolded = [layer.name for layer in model.layers if layer.name in FOLDED_BATCHNORMS]
+    if unfolded:
+        raise ValueError(
+            f"the model still has {{', '.join(unfolded)}}, which the search folded (--fold-bn): "
+            "pass the folded model, folded_model.keras in the result folder"
+        )
     node_of = {{}}
     for depth in sorted(model._nodes_by_depth):
         for node in model._nodes_by_depth[depth]:

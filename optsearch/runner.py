@@ -26,6 +26,7 @@ from tqdm import tqdm
 from optsearch import __version__
 from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.data import Dataset, batches
+from optsearch.deploy_keras import FOLDED_MODEL_FILE
 from optsearch.engine import DEFAULT_CACHE_MB, CachedEvaluator
 from optsearch.errors import OptsearchError
 from optsearch.fixedpoint import Format
@@ -219,6 +220,8 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
         timings["report_evaluation_seconds"] = time.perf_counter() - t0
         qmodel.set_formats(found)
         qmodel.save(str(tmp / "quantized.keras"))
+        if any(fold.into for fold in inputs.folds):  # the float model the formats belong to
+            qmodel.float_model.save(str(tmp / FOLDED_MODEL_FILE))
         timings["total_seconds"] = time.perf_counter() - started
         result = RunResult(
             model={**_model_info(inputs), **folding},

@@ -19,11 +19,16 @@ hls4ml's ``io_parallel`` convolutions come with generated im2col code (28 MB of 
 sequential zoo model); g++ at hls4ml's ``-O3`` did not finish it in 16 CPU-minutes here.
 ``--opt-level O1`` rewrites the project's ``build_lib.sh`` before compiling: the C simulation
 computes the same ``ap_fixed`` arithmetic at any optimisation level, only its speed changes.
+``--prebuilt PROJECT`` loads the library of a project compiled before (by this script, or by hand
+with its ``build_lib.sh``) instead of compiling again: the project this run writes must be the same,
+file for file (the library stamp and the build script aside), so the library computes exactly this
+configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import os
@@ -39,7 +44,7 @@ import numpy as np
 
 from optsearch import integer_ref
 from optsearch.data import Preprocess, fit_channel_axis, load_data
-from optsearch.deploy_keras import load_result, predict_batches, probe
+from optsearch.deploy_keras import FOLDED_MODEL_FILE, folded_batchnorms, load_result, predict_batches, probe
 from optsearch.export_hls4ml import ap_fixed, export, write_files
 from optsearch.loading import load_model
 
@@ -50,6 +55,33 @@ def _load_helper(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _prebuilt_library(project: Path, prebuilt: Path, stamp: str) -> Path:
+    """The compiled library of ``prebuilt``, once every source file of ``project`` (just written for
+    this configuration) is found there unchanged, apart from the library stamp."""
+    libraries = sorted((prebuilt / "firmware").glob("myproject-*.so"))
+    if len(libraries) != 1:
+        raise SystemExit(f"{prebuilt}/firmware: expected one compiled myproject-*.so, found {len(libraries)}")
+    old_stamp = libraries[0].stem.removeprefix("myproject-")
+    differ = []
+    compiled = [project / "myproject_bridge.cpp", *sorted((project / "firmware").rglob("*"))]
+    for path in compiled:  # what the library is built from, and the weights it reads at run time
+        if not path.is_file() or path.suffix == ".so":
+            continue
+        relative = path.relative_to(project)
+        other = prebuilt / relative
+        restamped = (
+            other.read_bytes().replace(old_stamp.encode(), stamp.encode()) if other.is_file() else None
+        )
+        if restamped != path.read_bytes():
+            differ.append(str(relative))
+    if differ:
+        raise SystemExit(
+            f"--prebuilt {prebuilt}: not the project of this configuration ({len(differ)} files differ, "
+            f"e.g. {', '.join(differ[:3])}); compile it instead (leave out --prebuilt)"
+        )
+    return libraries[0]
 
 
 def _compare(a: np.ndarray, b: np.ndarray, lsb: float) -> dict[str, Any]:
@@ -67,7 +99,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("result_dir", type=Path)
-    parser.add_argument("--model", type=Path, default=None, help="the float model (default: formats.json's)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="the float model (default: formats.json's, or the result's folded_model.keras after --fold-bn)",
+    )
     parser.add_argument("--data", default=None, help="data (default: the run's data spec)")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--io-type", default="io_stream", choices=("io_stream", "io_parallel"))
@@ -78,6 +115,12 @@ def main() -> int:
         choices=("O0", "O1", "O2", "O3"),
         help="g++ optimisation of the C simulation (hls4ml's default O3 is slow to compile on big models)",
     )
+    parser.add_argument(
+        "--prebuilt",
+        type=Path,
+        default=None,
+        help="an hls4ml project compiled before from the same configuration: load its library",
+    )
     args = parser.parse_args()
 
     import hls4ml
@@ -86,10 +129,13 @@ def main() -> int:
     result = load_result(args.result_dir)
     netlist = result.netlist
     exported = export(netlist)
-    files = write_files(exported, args.out / "export", result.name, str(args.result_dir))
+    folded = folded_batchnorms(result)
+    files = write_files(exported, args.out / "export", result.name, str(args.result_dir), folded)
     helper = _load_helper(args.out / "export" / files[2])
 
-    model_path = args.model or Path(result.info["model"]["path"])
+    model_path = args.model or (
+        args.result_dir / FOLDED_MODEL_FILE if folded else Path(result.info["model"]["path"])
+    )
     float_model = load_model(model_path)
     prepared = helper.prepare_model(float_model)
     scores = integer_ref.scores_node(netlist)
@@ -119,12 +165,17 @@ def main() -> int:
         io_type=args.io_type,
     )
     hls_model.write()
-    build = args.out / "hls4ml_prj" / "build_lib.sh"
-    script = build.read_text()
-    if '"-O3 -fPIC"' not in script:
-        raise SystemExit(f"{build}: no '-O3 -fPIC' to replace; this hls4ml writes another build script")
-    build.write_text(script.replace('"-O3 -fPIC"', f'"-{args.opt_level} -fPIC"'))
-    hls_model._compile()  # compile() would write the project again, and the build script with it
+    project = args.out / "hls4ml_prj"
+    if args.prebuilt is not None:
+        library = _prebuilt_library(project, args.prebuilt, hls_model.config.get_config_value("Stamp"))
+        hls_model._top_function_lib = ctypes.cdll.LoadLibrary(str(library))
+    else:
+        build = project / "build_lib.sh"
+        script = build.read_text()
+        if '"-O3 -fPIC"' not in script:
+            raise SystemExit(f"{build}: no '-O3 -fPIC' to replace; this hls4ml writes another build script")
+        build.write_text(script.replace('"-O3 -fPIC"', f'"-{args.opt_level} -fPIC"'))
+        hls_model._compile()  # compile() would write the project again, and the build script with it
     compile_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     y_hls = np.asarray(hls_model.predict(np.ascontiguousarray(x_hls)), dtype=np.float64).reshape(len(x), -1)
@@ -151,7 +202,8 @@ def main() -> int:
         "hls4ml": hls4ml.__version__,
         "keras": keras.__version__,
         "io_type": args.io_type,
-        "gcc_opt_level": args.opt_level,
+        "gcc_opt_level": args.opt_level if args.prebuilt is None else "prebuilt",
+        "prebuilt": None if args.prebuilt is None else str(args.prebuilt),
         "samples": len(x),
         "input_type": ap_fixed(exported.input_format),
         "logits_format": str(fmt),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -196,3 +197,30 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
 
     saved = keras.saving.load_model(out / "quantized.keras", compile=False)
     assert not [layer for layer in saved.layers if isinstance(layer, L.BatchNormalization)]
+
+    # The float model the formats belong to is saved, and the hls4ml helper takes it, not the original.
+    folded = keras.saving.load_model(out / "folded_model.keras", compile=False)
+    assert "bn1" not in [layer.name for layer in folded.layers]
+    export = CliRunner().invoke(cli, ["export", str(out), "--to", "hls4ml", "--out", str(tmp_path / "x")])
+    assert export.exit_code == 0, export.output
+    helper_file = tmp_path / "x" / "hls4ml" / "hls4ml_config.py"
+    spec = importlib.util.spec_from_file_location("folded_helper", helper_file)
+    assert spec is not None and spec.loader is not None
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    assert helper.FOLDED_BATCHNORMS == ["bn1"]
+    original = keras.saving.load_model(files["model"], compile=False)
+    with pytest.raises(ValueError, match=r"bn1.*folded_model\.keras"):
+        helper.prepare_model(original)
+    prepared = helper.prepare_model(folded)
+    bw, f = helper.WEIGHT_FORMATS["out"]["W"]
+    kernel = folded.get_layer("out").get_weights()[0]
+    assert np.array_equal(prepared.get_layer("out").get_weights()[0], helper.quantize(kernel, bw, f))
+
+
+def test_a_run_without_folds_saves_no_folded_model(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    args = ["run", str(files["model"]), "--data", str(files["data"]), "--eps", "0.05", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert not (out / "folded_model.keras").exists()
