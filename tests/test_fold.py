@@ -184,6 +184,7 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
     )
     assert result.exit_code == 0, result.output
     assert "--fold-bn: 'bn1' folded forward into out" in result.output
+    assert "quantized.keras, folded_model.keras)" in result.output
     data = json.loads((out / "formats.json").read_text())
     assert data["settings"]["fold_bn"] == "exact"
     assert [(f["batchnorm"], f["how"], f["into"]) for f in data["model"]["batchnorm_folds"]] == [
