@@ -388,12 +388,11 @@ def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
         ctx.exit(130)
     for line in summary_lines(result):
         click.echo(line)
-    from optsearch.deploy_keras import FOLDED_MODEL_FILE  # keras is loaded by now
+    from optsearch.outdir import FOLDED_MODEL_FILE, MODEL_FILE
 
     folded = f", {FOLDED_MODEL_FILE}" if (out / FOLDED_MODEL_FILE).is_file() else ""
     click.echo(
-        f"wrote {out}/ (report.md, formats.json, formats.csv, search_log.jsonl, plots, quantized.keras"
-        f"{folded})"
+        f"wrote {out}/ (report.md, formats.json, formats.csv, search_log.jsonl, plots, {MODEL_FILE}{folded})"
     )
     if gate is not None and not _gate(out, gate, junit=None, classname=out.name):
         ctx.exit(EXIT_REGRESSION)

@@ -24,12 +24,10 @@ from optsearch.fixedpoint import Format, to_codes
 from optsearch.graph import INFERENCE_IDENTITY_CLASSES, QUANTIZER_SUFFIX
 from optsearch.integer_ref import Agreement
 from optsearch.netlist import DeployError, FixedArray, Netlist, Node
+from optsearch.outdir import MODEL_FILE
 from optsearch.tensors import TensorId
 
 FORMATS_FILE = "formats.json"
-MODEL_FILE = "quantized.keras"
-#: ``--fold-bn`` runs: the float model with the BatchNorms folded, which the formats belong to.
-FOLDED_MODEL_FILE = "folded_model.keras"
 
 _IDENTITY = INFERENCE_IDENTITY_CLASSES
 _CONV = ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")

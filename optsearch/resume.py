@@ -154,14 +154,19 @@ def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, A
     return out
 
 
-def load_decisions(work: Path, plan: Sequence[TensorId]) -> tuple[dict[TensorId, TensorDecision], list[str]]:
-    """The recorded decisions (in search order) and the log notes that came with them.
+def load_decisions(
+    work: Path, plan: Sequence[TensorId]
+) -> tuple[dict[TensorId, TensorDecision], list[str], float]:
+    """The recorded decisions (in search order), the log notes that came with them, and the wall
+    seconds they took in the runs that made them (so a resumed run reports the whole search's time,
+    less the tensor that was in progress when it stopped).
 
     Only a prefix of the search plan can have been decided; anything else means the folder does
     not belong to this run.
     """
     decided: dict[TensorId, TensorDecision] = {}
     notes: list[str] = []
+    seconds = 0.0
     path = work / DECISIONS_FILE
     lines = read_lines(path)
     rewrite_lines(path, lines)  # without a line cut short, so the next one starts on its own line
@@ -169,6 +174,7 @@ def load_decisions(work: Path, plan: Sequence[TensorId]) -> tuple[dict[TensorId,
         try:
             decision = decision_from_dict(line["decision"])
             line_notes = [str(n) for n in line.get("notes", [])]
+            seconds += float(line.get("seconds", 0.0))  # 0 for lines written before it was recorded
         except (KeyError, TypeError, ValueError) as err:
             raise OptsearchError(
                 f"{path}: line {index + 1} is not a decision ({err}); the work folder is damaged"
@@ -180,18 +186,7 @@ def load_decisions(work: Path, plan: Sequence[TensorId]) -> tuple[dict[TensorId,
             )
         decided[decision.tensor] = decision
         notes.extend(line_notes)
-    return decided, notes
-
-
-def decided_seconds(work: Path) -> float:
-    """Wall seconds the recorded decisions took in the runs that made them (``seconds`` of each line of
-    the decisions file; 0 for lines written without it), so a resumed run reports the whole search's
-    time, less the tensor that was in progress when it stopped."""
-    total = 0.0
-    for line in read_lines(work / DECISIONS_FILE):
-        seconds = line.get("seconds", 0.0)
-        total += float(seconds) if isinstance(seconds, int | float) else 0.0
-    return total
+    return decided, notes, seconds
 
 
 def trim_log(work: Path, decided: Mapping[TensorId, TensorDecision]) -> None:

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from optsearch import __version__
 from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.data import Dataset, batches
-from optsearch.deploy_keras import FOLDED_MODEL_FILE
 from optsearch.engine import DEFAULT_CACHE_MB, CachedEvaluator
 from optsearch.errors import OptsearchError
 from optsearch.fixedpoint import Format
@@ -39,7 +38,7 @@ from optsearch.keras_evaluator import (
     below_chance_warning,
     predicted_classes,
 )
-from optsearch.outdir import check_out_dir, partial_dir, work_dir
+from optsearch.outdir import FOLDED_MODEL_FILE, MODEL_FILE, check_out_dir, partial_dir, work_dir
 from optsearch.plots import plot_bitwidths, plot_loss_steps
 from optsearch.report import formats_csv, report_markdown
 from optsearch.results import Accuracy, Costs, LayerResult, RunResult, TensorResult
@@ -48,7 +47,6 @@ from optsearch.resume import (
     LOG_FILE,
     REQUEST_FILE,
     append_line,
-    decided_seconds,
     decision_to_dict,
     fingerprint_differences,
     load_decisions,
@@ -158,10 +156,9 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
 
     with work_dir(request.out_dir, request.overwrite, request.resume, keep) as tmp:
         write_request(tmp, fingerprint)
-        decided, log_lines = load_decisions(tmp, plan) if request.resume else ({}, [])
+        decided, log_lines, searched_before = load_decisions(tmp, plan) if request.resume else ({}, [], 0.0)
         recorded[0] = len(decided)
         trim_log(tmp, decided)
-        searched_before = decided_seconds(tmp) if request.resume else 0.0
         if request.resume:
             echo(f"resuming {tmp}: {len(decided)} of {len(plan)} tensors decided before")
         t0 = time.perf_counter()
@@ -219,7 +216,7 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
             accuracy["held_out"] = _accuracy(held_eval, found, uniform8)
         timings["report_evaluation_seconds"] = time.perf_counter() - t0
         qmodel.set_formats(found)
-        qmodel.save(str(tmp / "quantized.keras"))
+        qmodel.save(str(tmp / MODEL_FILE))
         if any(fold.into for fold in inputs.folds):  # the float model the formats belong to
             qmodel.float_model.save(str(tmp / FOLDED_MODEL_FILE))
         timings["total_seconds"] = time.perf_counter() - started

@@ -44,9 +44,10 @@ import numpy as np
 
 from optsearch import integer_ref
 from optsearch.data import Preprocess, fit_channel_axis, load_data
-from optsearch.deploy_keras import FOLDED_MODEL_FILE, folded_batchnorms, load_result, predict_batches, probe
+from optsearch.deploy_keras import folded_batchnorms, load_result, predict_batches, probe
 from optsearch.export_hls4ml import ap_fixed, export, write_files
 from optsearch.loading import load_model
+from optsearch.outdir import FOLDED_MODEL_FILE
 
 
 def _load_helper(path: Path) -> Any:

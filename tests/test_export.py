@@ -100,7 +100,7 @@ def test_input_type_covers_the_pixels(loaded: object) -> None:
     assert export(loaded.netlist, input_format=Format(10, 8)).input_format == Format(10, 8)  # type: ignore[attr-defined]
 
 
-def _exported_helper(result: Path, out: Path) -> Any:
+def exported_helper(result: Path, out: Path) -> Any:
     """Export ``result`` to hls4ml into ``out`` and import the generated hls4ml_config.py."""
     assert (
         CliRunner().invoke(cli, ["export", str(result), "--to", "hls4ml", "--out", str(out)]).exit_code == 0
@@ -114,7 +114,7 @@ def _exported_helper(result: Path, out: Path) -> Any:
 
 def test_hls4ml_helper_prepares_the_float_model(tiny: Path, tmp_path: Path) -> None:
     """hls4ml_config.py runs without hls4ml: the model without Rescaling, weights quantized."""
-    helper = _exported_helper(tiny, tmp_path)
+    helper = exported_helper(tiny, tmp_path)
     assert json.loads((tmp_path / "hls4ml" / "hls4ml_config.json").read_text()) == helper.CONFIG
     model = tiny_model()
     prepared = helper.prepare_model(model)
@@ -168,7 +168,7 @@ def test_hls4ml_csim_matches_the_integer_reference(tiny: Path, tmp_path: Path) -
 
     loaded = load_result(tiny)
     exported = export(loaded.netlist)
-    helper = _exported_helper(tiny, tmp_path)
+    helper = exported_helper(tiny, tmp_path)
     prepared = helper.prepare_model(tiny_model())
     config = json.loads(json.dumps(helper.CONFIG))
     config["LayerName"]["out_softmax"] = {"Skip": True}  # hls4ml then outputs the logits

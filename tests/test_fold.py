@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_export import exported_helper
 
 from optsearch.cli import cli
 from optsearch.graph import fold_batchnorm, quantized_model
@@ -202,13 +202,7 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
     # The float model the formats belong to is saved, and the hls4ml helper takes it, not the original.
     folded = keras.saving.load_model(out / "folded_model.keras", compile=False)
     assert "bn1" not in [layer.name for layer in folded.layers]
-    export = CliRunner().invoke(cli, ["export", str(out), "--to", "hls4ml", "--out", str(tmp_path / "x")])
-    assert export.exit_code == 0, export.output
-    helper_file = tmp_path / "x" / "hls4ml" / "hls4ml_config.py"
-    spec = importlib.util.spec_from_file_location("folded_helper", helper_file)
-    assert spec is not None and spec.loader is not None
-    helper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helper)
+    helper = exported_helper(out, tmp_path / "x")
     assert helper.FOLDED_BATCHNORMS == ["bn1"]
     original = keras.saving.load_model(files["model"], compile=False)
     with pytest.raises(ValueError, match=r"bn1.*folded_model\.keras"):
