@@ -166,7 +166,7 @@ def verify_command(
         tuple(result.model.inputs[0].shape[1:]),
     )
     x = preprocess(dataset.x[:samples] if samples else dataset.x)
-    agreement = verify(result, x, batch_size)
+    agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
     static = grids(result.netlist)
     weighted = list(result.netlist.weighted())
     integer = [n.name for n in weighted if static[n.inputs[0]] is not None]
@@ -199,6 +199,12 @@ def verify_command(
         if logits.flipped_margins:
             margins = ", ".join(f"{agreement.in_lsb(m) or m:g}" for m in logits.flipped_margins[:10])
             click.echo(f"  argmax differs where the model's top two logits are {margins} LSB apart")
+    if agreement.end_to_end.correct is not None:
+        reference, model = (100 * c / agreement.samples for c in agreement.end_to_end.correct)
+        click.echo(
+            f"top-1 accuracy on these samples: integer reference (what fixed-point hardware computes) "
+            f"{reference:.2f}%, Keras quantized model {model:.2f}%"
+        )
     if json_path is not None:
         json_path.write_text(json.dumps(_as_dict(agreement), indent=2) + "\n")
     if agreement.ok:

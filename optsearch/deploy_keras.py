@@ -314,11 +314,14 @@ def lsb(fmt: Format) -> float:
     return math.ldexp(1.0, -fmt.f)
 
 
-def verify(result: ResultDir, x: np.ndarray, batch_size: int = 250) -> Agreement:
+def verify(
+    result: ResultDir, x: np.ndarray, batch_size: int = 250, labels: np.ndarray | None = None
+) -> Agreement:
     """Run the integer reference and the Keras quantized model on ``x`` and compare them.
 
     Layer by layer, every activation quantizer is computed by the reference from the Keras model's
-    own quantized activations; end to end, the reference runs alone from the input.
+    own quantized activations; end to end, the reference runs alone from the input. With
+    ``labels``, both end-to-end accuracies are counted: what the hardware would score.
     """
     netlist = result.netlist
     scores = integer_ref.scores_node(netlist)
@@ -347,7 +350,9 @@ def verify(result: ResultDir, x: np.ndarray, batch_size: int = 250) -> Agreement
         batch = Agreement(
             layers=layers,
             layer_logits=integer_ref.compare_logits(forced[scores].real(), model_values[scores]),
-            end_to_end=integer_ref.compare_logits(alone[scores].real(), model_values[scores]),
+            end_to_end=integer_ref.compare_logits(
+                alone[scores].real(), model_values[scores], None if labels is None else labels[part]
+            ),
             logit_lsb=logit_lsb,
         )
         total = batch if total is None else total.merge(batch)

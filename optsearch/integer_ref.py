@@ -395,30 +395,43 @@ class Logits:
     max_diff: float
     flipped_margins: tuple[float, ...] = ()
     """For each sample whose argmax differs: the model's top-1 minus top-2 score (0: a tie)."""
+    correct: tuple[int, int] | None = None
+    """With labels: how many samples the (reference, model) classify correctly."""
 
     def merge(self, other: Logits) -> Logits:
+        correct = None
+        if self.correct is not None and other.correct is not None:
+            correct = (self.correct[0] + other.correct[0], self.correct[1] + other.correct[1])
         return Logits(
             self.samples + other.samples,
             self.argmax_equal + other.argmax_equal,
             self.identical + other.identical,
             max(self.max_diff, other.max_diff),
             self.flipped_margins + other.flipped_margins,
+            correct,
         )
 
 
-def compare_logits(reference: np.ndarray, model: np.ndarray) -> Logits:
-    """Argmax and logits of the reference against the model's (rows are samples)."""
+def compare_logits(reference: np.ndarray, model: np.ndarray, labels: np.ndarray | None = None) -> Logits:
+    """Argmax and logits of the reference against the model's (rows are samples); with ``labels``,
+    each one's correct predictions too, so a disagreement can be read as an accuracy difference."""
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     mod = np.asarray(model, dtype=np.float64).reshape(len(model), -1)
     diff = np.abs(ref - mod)
-    flipped = np.argmax(ref, axis=1) != np.argmax(mod, axis=1)
+    ref_class, mod_class = np.argmax(ref, axis=1), np.argmax(mod, axis=1)
+    flipped = ref_class != mod_class
     top2 = np.sort(mod[flipped], axis=1)[:, -2:] if flipped.any() else np.zeros((0, 2))
+    correct = None
+    if labels is not None:
+        y = np.asarray(labels).reshape(-1)
+        correct = (int(np.sum(ref_class == y)), int(np.sum(mod_class == y)))
     return Logits(
         samples=len(ref),
         argmax_equal=int(np.sum(~flipped)),
         identical=int(np.sum(np.all(diff == 0, axis=1))),
         max_diff=float(diff.max()) if diff.size else 0.0,
         flipped_margins=tuple(float(m) for m in top2[:, 1] - top2[:, 0]),
+        correct=correct,
     )
 
 

@@ -21,7 +21,7 @@ from optsearch import integer_ref
 from optsearch.cli import cli
 from optsearch.fixedpoint import Format, quantize
 from optsearch.graph import quantized_model, uniform_formats
-from optsearch.integer_ref import Value, quantize_value, round_shift
+from optsearch.integer_ref import Value, compare_logits, quantize_value, round_shift
 from optsearch.netlist import grids
 from optsearch.results import FORMATS_SCHEMA
 from optsearch.tensors import TensorId
@@ -193,8 +193,22 @@ def test_verify_command(tiny_result: Path, tmp_path: Path) -> None:
     assert "verify: OK" in out.output and "2 of 3 weighted layers have a fixed-point input" in out.output
     assert "layer by layer, logits: argmax identical on 64/64 samples" in out.output
     assert "end to end (the reference alone from the input): argmax identical on 64/64" in out.output
+    assert "top-1 accuracy on these samples: integer reference" in out.output
     data = json.loads(report.read_text())
     assert data["ok"] and data["samples"] == 64 and len(data["layers"]) == 3
+    reference_correct, model_correct = data["end_to_end"]["correct"]  # same argmax everywhere
+    assert reference_correct == model_correct
+    assert f"{100 * model_correct / 64:.2f}%" in out.output
+
+
+def test_compare_logits_counts_each_sides_correct_predictions() -> None:
+    reference = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    model = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    logits = compare_logits(reference, model, labels=np.array([0, 1, 0]))
+    assert logits.argmax_equal == 2 and logits.identical == 2
+    assert logits.correct == (2, 1)  # sample 1: only the reference is right; sample 2: neither
+    assert logits.merge(logits).correct == (4, 2)
+    assert compare_logits(reference, model).correct is None
 
 
 def test_verify_and_export_refuse_bad_folders(tiny_result: Path, tmp_path: Path) -> None:
