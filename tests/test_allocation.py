@@ -61,6 +61,15 @@ def test_uniform_allocation_keeps_the_paper_ranges() -> None:
     }
 
 
+@given(st.sampled_from([0.0025, 0.01, 0.04]), st.integers(1, 40))
+def test_the_linear_scheme_is_the_papers_allocation(eps: float, count: int) -> None:
+    """The biases' range has equal ends, so linear and constant give them the same budgets: the
+    reproduction's linear-scheme row is the paper's run (scripts/reproduce_paper.py)."""
+    linear = uniform_allocation("linear")
+    for kind, rule in PAPER_ALLOCATION.items():
+        assert linear[kind].budgets(eps, count) == rule.budgets(eps, count)
+
+
 def test_bad_rules() -> None:
     with pytest.raises(ValueError, match="unknown allocation scheme"):
         Allocation("cubic")  # type: ignore[arg-type]

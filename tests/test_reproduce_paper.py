@@ -81,6 +81,11 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "| sequential_mnist | *not yet run*" not in results  # both of its rows are measured
     assert "| sequential_fashion_mnist | *not yet run*" in results
     assert "Measured: W " in results and "Paper (spec §9): weights 2-5 bits" in results
+    # The runs the ablations share with these two are measured too: eps 1% of the sweep, and the
+    # linear scheme (the paper's allocation).
+    assert re.search(r"^\| 1\.00% \| \d", results, re.MULTILINE)
+    assert re.search(r"^\| paper \(default\) = linear \| \d", results, re.MULTILINE)
+    assert "| linear | *not yet run*" not in results
     row = next(line for line in results.splitlines() if line.startswith("| sequential_mnist | 9"))
     assert re.search(r"\| \d+ s \(load \d+\.\d\) \|$", row), row  # search time with the load beside it
 
