@@ -245,6 +245,27 @@ def grids(netlist: Netlist, assumed: Mapping[str, Grid] | None = None) -> dict[s
     return out
 
 
+def real_inputs(netlist: Netlist) -> dict[str, Node]:
+    """The weighted layers whose input is real-valued, each with the node where its value leaves the
+    fixed-point grid (a float BatchNorm, a non-power-of-two Rescaling, the raw input, ...).
+
+    Hardware computes those in float or approximates them, and where an exact value sits on a
+    rounding boundary of the next quantizer, float32 Keras and exact arithmetic can round apart:
+    the reason ``optsearch verify`` compares end to end (docs/deployment.md).
+    """
+    on_grid = grids(netlist)
+    out: dict[str, Node] = {}
+    for layer in netlist.weighted():
+        if on_grid[layer.inputs[0]] is not None:
+            continue
+        cause = netlist.node(layer.inputs[0])
+        # Up through the operations that only pass a real input on (on a grid, they would stay on it).
+        while cause.inputs and propagate(cause, [Grid(0, 1)] * len(cause.inputs)) is not None:
+            cause = netlist.node(next(i for i in cause.inputs if on_grid[i] is None))
+        out[layer.name] = cause
+    return out
+
+
 def smallest_c_int(bits: int) -> str:
     """The smallest C integer type (``int8_t`` ... ``int64_t``) holding a signed ``bits``-bit code."""
     for width in (8, 16, 32, 64):

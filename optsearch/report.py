@@ -142,6 +142,7 @@ def report_markdown(result: RunResult) -> str:
         )
     if "held_out" in result.accuracy:
         lines += ["", "The held-out data took no part in the search: its loss is the honest estimate."]
+    lines += _float_input_lines(result)
     found, eight, f32 = (result.costs[k] for k in ("quantized", "uniform8", "float32"))
     vs8, vs32 = result.savings("uniform8"), result.savings("float32")
     lines += [
@@ -175,6 +176,24 @@ def report_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _float_input_lines(result: RunResult) -> list[str]:
+    """Which layers read a real-valued input, and what that means for the accuracies above."""
+    causes: dict[str, str] = result.model.get("float_inputs") or {}
+    if not causes:
+        return []
+    listed = ", ".join(f"{layer} ({cause})" for layer, cause in causes.items())
+    return [
+        "",
+        f"**Float between quantizers.** {len(causes)} of {len(result.layers)} quantizable layers read a "
+        f"real-valued input, not fixed-point codes: {listed}. Hardware computes those steps in float "
+        "or approximates them. Where an exact value sits on a rounding boundary of the next quantizer, "
+        "float32 (which measured the accuracies above) and exact arithmetic round apart, and with "
+        "few-bit activations such a difference can carry on to the prediction. "
+        "`optsearch verify` on this folder measures the exact network's accuracy (docs/deployment.md); "
+        "`--fold-bn all` folds the BatchNorms into the weights.",
+    ]
+
+
 def summary_lines(result: RunResult) -> list[str]:
     """The short summary the terminal ends with."""
     vs8, vs32 = result.savings("uniform8"), result.savings("float32")
@@ -195,6 +214,12 @@ def summary_lines(result: RunResult) -> list[str]:
         f"{_pct(vs32['multiply_cost'])} less than float32"
     )
     lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")
+    causes = result.model.get("float_inputs") or {}
+    if causes:
+        lines.append(
+            f"note: {len(causes)} of {len(result.layers)} layers read a float input (e.g. a BatchNorm "
+            "after the quantizer): exact fixed-point accuracy can differ, `optsearch verify` measures it"
+        )
     return lines
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from optsearch import __version__
 from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.data import Dataset, batches
+from optsearch.deploy_keras import read_netlist
 from optsearch.engine import DEFAULT_CACHE_MB, CachedEvaluator
 from optsearch.errors import OptsearchError
 from optsearch.fixedpoint import Format
@@ -38,6 +39,7 @@ from optsearch.keras_evaluator import (
     below_chance_warning,
     predicted_classes,
 )
+from optsearch.netlist import DeployError, real_inputs
 from optsearch.outdir import FOLDED_MODEL_FILE, MODEL_FILE, check_out_dir, partial_dir, work_dir
 from optsearch.plots import plot_bitwidths, plot_loss_steps
 from optsearch.report import formats_csv, report_markdown
@@ -217,11 +219,12 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
         timings["report_evaluation_seconds"] = time.perf_counter() - t0
         qmodel.set_formats(found)
         qmodel.save(str(tmp / MODEL_FILE))
+        float_inputs = _float_inputs(qmodel, found)
         if any(fold.into for fold in inputs.folds):  # the float model the formats belong to
             qmodel.float_model.save(str(tmp / FOLDED_MODEL_FILE))
         timings["total_seconds"] = time.perf_counter() - started
         result = RunResult(
-            model={**_model_info(inputs), **folding},
+            model={**_model_info(inputs), **folding, **float_inputs},
             data=_data_info(inputs, request.data),
             settings=_settings_info(request),
             layers=_layer_results(qmodel, outcome.decisions, magnitudes),
@@ -444,6 +447,18 @@ def _model_info(inputs: Inputs) -> dict[str, Any]:
     if inputs.folds:
         info["batchnorm_folds"] = [asdict(fold) for fold in inputs.folds]
     return info
+
+
+def _float_inputs(qmodel: QuantizedModel, found: Mapping[TensorId, Format]) -> dict[str, Any]:
+    """``float_inputs``: each quantizable layer that reads a real-valued input, and the layer that
+    makes it real (a float BatchNorm, a Rescaling, ...), for the report's note on hardware; nothing
+    when the network is not one the deployment references read (its exporters say why)."""
+    try:
+        netlist = read_netlist(qmodel.keras_model, found, qmodel.keras_model.name)
+    except DeployError:
+        return {}
+    causes = {layer: f"{node.source} '{node.name}'" for layer, node in real_inputs(netlist).items()}
+    return {"float_inputs": causes}
 
 
 def _fold_line(fold: Fold) -> str:

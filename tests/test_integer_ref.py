@@ -22,7 +22,7 @@ from optsearch.cli import cli
 from optsearch.fixedpoint import Format, quantize
 from optsearch.graph import quantized_model, uniform_formats
 from optsearch.integer_ref import Value, compare_logits, quantize_value, round_shift
-from optsearch.netlist import grids
+from optsearch.netlist import grids, real_inputs
 from optsearch.results import FORMATS_SCHEMA
 from optsearch.tensors import TensorId
 
@@ -159,6 +159,7 @@ def test_tiny_model_integer_layers_are_bit_exact(tiny_result: Path) -> None:
     static = grids(result.netlist)
     integer = [n.name for n in result.netlist.weighted() if static[n.inputs[0]] is not None]
     assert integer == ["c2", "out"]  # c1 reads the real-valued Rescaling output
+    assert {layer: node.name for layer, node in real_inputs(result.netlist).items()} == {"c1": "scale"}
     agreement = verify(result, images(64), batch_size=32)
     assert agreement.ok
     by_name = {layer.name: layer for layer in agreement.layers}
@@ -184,6 +185,12 @@ def test_branched_zoo_model_with_random_weights(tmp_path: Path) -> None:
     assert agreement.layers_explained, [layer for layer in agreement.layers if not layer.explained]
     assert agreement.ok and agreement.end_to_end.argmax_equal == agreement.samples
     assert len(agreement.layers) == 23
+    # Every layer reads a float: the stem the bilinear resize, the logits the global average, every
+    # other conv a BatchNorm's output (the paper's Conv-ReLU-Q-BN blocks).
+    causes = {layer: node.source for layer, node in real_inputs(result.netlist).items()}
+    assert len(causes) == 23 and causes.pop("stem") == "Resizing"
+    assert causes.pop("logits") == "GlobalAveragePooling2D"
+    assert set(causes.values()) == {"BatchNormalization"}
 
 
 def test_verify_command(tiny_result: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from optsearch.cli import cli
+from optsearch.report import summary_lines
 from optsearch.results import RunResult
 
 
@@ -80,6 +81,11 @@ def test_report_mentions_every_layer_and_both_baselines(finished: Path) -> None:
         assert f"| {layer.name} |" in report
     assert "uniform 8-bit" in report and "float32" in report and "held-out" in report
     assert "ap_fixed<" in report
+    # c1 reads the Rescaling's float output and out the BatchNorm's: the report says what that means.
+    assert result.model["float_inputs"] == {"c1": "Rescaling 'scale'", "out": "BatchNormalization 'bn1'"}
+    assert "**Float between quantizers.** 2 of 2 quantizable layers read a real-valued input" in report
+    assert "c1 (Rescaling 'scale'), out (BatchNormalization 'bn1')" in report
+    assert summary_lines(result)[-1].startswith("note: 2 of 2 layers read a float input")
 
 
 def test_quantized_model_reloads_in_safe_mode_with_the_reported_accuracy(
