@@ -6,6 +6,7 @@ Registered on the main ``cli`` group by cli.py. Errors are ``OptsearchError``s: 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def verify_command(
     result = _load(result_dir)
     from optsearch.data import Preprocess, fit_channel_axis, load_data
     from optsearch.deploy_keras import verify
-    from optsearch.netlist import DeployError, grids
+    from optsearch.netlist import DeployError, real_inputs
 
     info = result.info.get("data", {})
     spec = data_spec or info.get("spec")
@@ -167,12 +168,14 @@ def verify_command(
     )
     x = preprocess(dataset.x[:samples] if samples else dataset.x)
     agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
-    static = grids(result.netlist)
-    weighted = list(result.netlist.weighted())
-    integer = [n.name for n in weighted if static[n.inputs[0]] is not None]
+    weighted = len(list(result.netlist.weighted()))
+    causes = Counter(node.source for node in real_inputs(result.netlist).values())
+    floats = ", ".join(f"{name} ({count})" for name, count in causes.most_common())
+    integer = weighted - causes.total()
     click.echo(
-        f"{result_dir}: {len(x)} samples of {spec}; {len(integer)} of {len(weighted)} weighted layers have "
-        "a fixed-point input (integer-only), the others a real one (float BatchNorm/Rescaling before them)"
+        f"{result_dir}: {len(x)} samples of {spec}; {integer} of {weighted} weighted layers "
+        "have a fixed-point input (integer-only)"
+        + (f", the others read the float output of: {floats}" if causes else "")
     )
     click.echo("layer by layer (each quantizer computed from the Keras model's own inputs):")
     for layer in agreement.layers:

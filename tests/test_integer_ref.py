@@ -197,7 +197,11 @@ def test_verify_command(tiny_result: Path, tmp_path: Path) -> None:
     report = tmp_path / "agreement.json"
     out = CliRunner().invoke(cli, ["verify", str(tiny_result), "--json", str(report)])
     assert out.exit_code == 0, out.output
-    assert "verify: OK" in out.output and "2 of 3 weighted layers have a fixed-point input" in out.output
+    assert "verify: OK" in out.output
+    assert "2 of 3 weighted layers have a fixed-point input (integer-only), the others read the float " in (
+        out.output
+    )
+    assert "output of: Rescaling (1)\n" in out.output
     assert "layer by layer, logits: argmax identical on 64/64 samples" in out.output
     assert "end to end (the reference alone from the input): argmax identical on 64/64" in out.output
     assert "top-1 accuracy on these samples: integer reference" in out.output
