@@ -129,7 +129,10 @@ def test_killed_three_ways_then_resumed_gives_the_uninterrupted_result(job: dict
     # Ctrl-C (SIGINT) during the command it printed, after a random number of further evaluations.
     decided = len(read_lines(work / DECISIONS_FILE))
     if decided < TENSORS - 1:
-        target = _lines(work / LOG_FILE) + rng.randint(1, 10)
+        # At least the last two tensors (activations; zero biases are pruned without one) log an
+        # evaluation each, so the target is always reached, and the final evaluations, the model
+        # and the plots still leave the signal time to land, however loaded the machine.
+        target = _lines(work / LOG_FILE) + rng.randint(1, 2)
         inted = _interrupt([*python, *again[1:]], root, work / LOG_FILE, target, signal.SIGINT)
         assert inted.returncode == 130, (seed, inted.stderr)
         assert "interrupted after" in inted.stderr and "Traceback" not in inted.stderr
