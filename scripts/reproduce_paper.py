@@ -548,10 +548,11 @@ def differences_section() -> list[str]:
         "- **Whole test set.** Like the paper, the headline search is tuned on the data it is reported "
         "on; the split table shows how much of the loss budget that hides.",
         "- **Emulation.** Like the paper's, every accuracy here is the float32 Keras emulation of the "
-        "fixed-point network. The exact fixed-point network (`optsearch verify`, docs/deployment.md) "
-        "scores 77.17% against the emulation's 77.12% on the whole CIFAR-10 test set with the "
-        "sequential model's formats, and the same as the emulation on the first 1,000 MNIST and "
-        "Fashion-MNIST test images; between float BatchNorms, predictions near a tie can differ.",
+        "fixed-point network. The exact fixed-point network (`optsearch verify runs/paper/paper-MODEL`, "
+        "the run's work folder; docs/deployment.md) scores 77.17% against the emulation's 77.12% on "
+        "the whole CIFAR-10 test set with the sequential model's formats, and the same as the "
+        "emulation on the first 1,000 MNIST and Fashion-MNIST test images (`--samples 1000`); between float "
+        "BatchNorms, predictions near a tie can differ.",
         "- **Savings baseline.** The 8-bit baseline is every W, B, A at (8, F0(8)) with its own range "
         "(spec §8); the paper's printed aggregate savings pair some branched-model bitwidths with the "
         "wrong layers, so spec §9 gives figures recomputed from its per-layer results.",
