@@ -163,12 +163,16 @@ def opt_search(
     started = time.perf_counter()
     done: dict[TensorId, TensorDecision] = dict(decided or {})
     total = 0
+    latest: TensorDecision | None = None  # the last decision in search order: its loss is r_Q's so far
     for tensor, position, eps in search_plan(tensors_by_layer, settings):
         if tensor in done:
+            latest = done[tensor]
             continue
         r_q = {t: d.fmt for t, d in done.items()}
-        tensor_search = _TensorSearch(evaluator, tensor, eps, settings, r_q, on_evaluation, log)
+        before = None if settings.independent or latest is None else (len(r_q), latest.loss)
+        tensor_search = _TensorSearch(evaluator, tensor, eps, settings, r_q, on_evaluation, log, before)
         decision = tensor_search.run(position, magnitudes[tensor])
+        latest = decision
         total += decision.evaluations
         done[tensor] = decision
         if on_decision is not None:
@@ -189,7 +193,9 @@ class _TensorSearch:
         decided: Mapping[TensorId, Format],
         on_evaluation: Callable[[EvaluationRecord], None] | None,
         log: Callable[[str], None] | None,
+        before: tuple[int, float] | None = None,
     ) -> None:
+        """``before``: how many tensors a dependent search has decided so far, and their loss."""
         self.evaluator = evaluator
         self.tensor = tensor
         self.eps = eps
@@ -197,6 +203,7 @@ class _TensorSearch:
         self.decided = decided
         self.on_evaluation = on_evaluation
         self.log = log
+        self.before = before
         self.seen: dict[Format, Evaluation] = {}
         self.evaluations = 0
 
@@ -285,24 +292,33 @@ class _TensorSearch:
             return bw0, fmt
         while not self.ok(fmt, "start"):
             if bw0 >= self.settings.bw0_cap:
-                dependent = (
-                    ""
-                    if self.settings.independent
-                    else (
-                        "; in a dependent search this is mostly the loss of the tensors decided before it, "
-                        "so an order or allocation that leaves later tensors more budget can help (--budget)"
-                    )
-                )
-                raise SearchError(
-                    f"{self.describe()}: no acceptable format even at {fmt} "
-                    f"(loss {self.seen[fmt].loss:.4%} > its budget {self.eps:.4%}){dependent}; "
-                    "or give a larger --eps"
-                )
+                raise SearchError(self._no_format_message(fmt))
             bw0 = min(bw0 + self.settings.bw0_step, self.settings.bw0_cap)
             if self.log is not None:
                 self.log(f"{self.describe()}: start {fmt} is not acceptable, raising BW0 to {bw0}")
             fmt = start_format(z, bw0, self.settings.offset_rule)
         return bw0, fmt
+
+    def _no_format_message(self, fmt: Format) -> str:
+        """Why the search stops at the ``BW0`` cap (spec §6 step 1), with what to change.
+
+        An early-stopped evaluation only bounds the loss from below, so it is worded as a bound.
+        """
+        result = self.seen[fmt]
+        loss = f"loss {'' if result.exact else 'at least '}{result.loss:.4%} > its budget {self.eps:.4%}"
+        message = f"{self.describe()}: no acceptable format even at {fmt} ({loss})"
+        if self.before is not None:
+            count, before_loss = self.before
+            decided = (
+                "the tensor decided before it already loses"
+                if count == 1
+                else (f"the {count} tensors decided before it already lose")
+            )
+            message += (
+                f"; {decided} {before_loss:.4%}, so an order or allocation that leaves later "
+                "tensors more budget can help (--order, --budget)"
+            )
+        return message + "; or give a larger --eps"
 
     def describe(self) -> str:
         return f"layer '{self.tensor.layer}', {KIND_NAMES[self.tensor.kind]}"

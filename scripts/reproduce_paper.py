@@ -43,6 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from optsearch.search import SearchError  # no TensorFlow: --list and --render-only stay fast
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +71,13 @@ SCHEMES = ("constant", "log", "quadratic", "exponential")
 (1/2, 1/2]: ``uniform_allocation("linear")`` gives every tensor the same budget as the paper's."""
 SWEEP_EPS = (0.0025, 0.005, 0.02, 0.04)
 """Run besides eps 1%, which is the ``split-`` run of the ablation model."""
+SEARCH_ORDER_BUDGETS = (("A", "linear", 0.0, 0.5), ("W", "linear", 0.5, 1.0), ("B", "constant", 1.0, 1.0))
+"""The paper's allocation laid along A -> W -> B instead of W -> B -> A: the type searched first gets
+(0, eps/2], the next (eps/2, eps], the last the whole eps. With the paper's own per-type ranges the
+activations, searched first, may spend up to eps, and the first weights then have eps/(2L) left."""
 FILES_KEPT = ("formats.json", "formats.csv", "report.md", "bitwidths.png", "loss_steps.png")
 TIMING_FILE = "timing.json"
+FAILED_FILE = "failed.json"
 
 #: Spec §9: the paper's figures (savings recomputed from its per-layer results).
 PAPER = {
@@ -101,6 +108,8 @@ class PaperRun:
     allocation: str = "paper"
     type_order: str = "WBA"
     layer_order: str = "forward"
+    budgets: tuple[tuple[str, str, float, float], ...] = ()
+    """Per-type budget overrides ``(type, scheme, start, end)``, as ``optsearch run --budget``."""
 
     @property
     def model_path(self) -> Path:
@@ -116,6 +125,9 @@ def plan() -> list[PaperRun]:
     runs += [PaperRun(f"scheme-{s}", "scheme", model, data, allocation=s) for s in SCHEMES]
     runs.append(PaperRun("order-reverse", "order", model, data, layer_order="reverse"))
     runs.append(PaperRun("order-AWB", "order", model, data, type_order="AWB"))
+    runs.append(
+        PaperRun("order-AWB-budgets", "order", model, data, type_order="AWB", budgets=SEARCH_ORDER_BUDGETS)
+    )
     runs += [
         PaperRun(f"sweep-{eps:g}", "sweep", model, data, eps=eps, search_fraction=0.5) for eps in SWEEP_EPS
     ]
@@ -128,7 +140,12 @@ def plan() -> list[PaperRun]:
 
 def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
     """The ``RunRequest`` of ``run`` (imports TensorFlow)."""
-    from optsearch.allocation import PAPER_ALLOCATION, constant_allocation, uniform_allocation
+    from optsearch.allocation import (
+        PAPER_ALLOCATION,
+        Allocation,
+        constant_allocation,
+        uniform_allocation,
+    )
     from optsearch.batch import resume_differences
     from optsearch.inputs import DataSettings
     from optsearch.outdir import partial_dir
@@ -141,6 +158,8 @@ def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
         allocation = dict(PAPER_ALLOCATION)
     else:
         allocation = uniform_allocation(run.allocation)  # type: ignore[arg-type]
+    for kind, scheme, start, end in run.budgets:
+        allocation[kind] = Allocation(scheme, start, end)  # type: ignore[arg-type, index]
     settings = SearchSettings(
         eps=run.eps,
         independent=run.independent,
@@ -156,16 +175,60 @@ def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
     return request
 
 
-def is_done(run: PaperRun) -> bool:
-    """A copy of the run's outputs exists, made with exactly this definition."""
-    folder = RESULTS_DIR / run.name
+def definition(run: PaperRun) -> dict[str, Any]:
+    """The run's definition as stored in ``run.json`` (JSON types; no ``budgets`` key when there are none,
+    so runs defined before that field existed still count as done)."""
+    fields = json.loads(json.dumps(asdict(run)))
+    if not run.budgets:
+        del fields["budgets"]
+    return fields
+
+
+def _same_definition(run: PaperRun) -> bool:
     try:
-        return (
-            json.loads((folder / "run.json").read_text()) == asdict(run)
-            and (folder / "formats.json").is_file()
-        )
+        return json.loads((RESULTS_DIR / run.name / "run.json").read_text()) == definition(run)
     except (OSError, ValueError):
         return False
+
+
+def is_done(run: PaperRun) -> bool:
+    """A copy of the run's outputs exists, made with exactly this definition."""
+    return _same_definition(run) and (RESULTS_DIR / run.name / "formats.json").is_file()
+
+
+def failure(run: PaperRun) -> dict[str, Any] | None:
+    """How the search of ``run`` failed (``failed.json``), when it ended in a ``SearchError``: a result
+    too (the paper reports orders that fail), so it is not run again."""
+    if not _same_definition(run):
+        return None
+    try:
+        return dict(json.loads((RESULTS_DIR / run.name / FAILED_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def finished(run: PaperRun) -> bool:
+    return is_done(run) or failure(run) is not None
+
+
+def _replace_folder(run: PaperRun, write: Callable[[Path], None]) -> None:
+    """Write ``docs/paper/<run>/`` in a temporary folder with ``run.json``, then swap it in."""
+    target = RESULTS_DIR / run.name
+    tmp = RESULTS_DIR / f".{run.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    (tmp / "run.json").write_text(json.dumps(definition(run), indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def record_failure(run: PaperRun, error: Exception, wall_seconds: float) -> None:
+    """Keep a search that found no acceptable format as the run's result (``failed.json``)."""
+    record = {"error": f"{type(error).__name__}: {error}", "wall_seconds": round(wall_seconds, 1)}
+    _replace_folder(
+        run, lambda folder: (folder / FAILED_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    )
 
 
 class LoadMeter:
@@ -209,16 +272,13 @@ def execute(run: PaperRun, data_dir: str, log: Callable[[str], None]) -> None:
         "mean_load_1min": round(load.mean, 2),
         "cores": os.cpu_count(),
     }
-    target = RESULTS_DIR / run.name
-    tmp = RESULTS_DIR / f".{run.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in FILES_KEPT:
-        shutil.copy2(work / name, tmp / name)
-    (tmp / TIMING_FILE).write_text(json.dumps(timing, indent=2) + "\n")
-    (tmp / "run.json").write_text(json.dumps(asdict(run), indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+
+    def write(folder: Path) -> None:
+        for name in FILES_KEPT:
+            shutil.copy2(work / name, folder / name)
+        (folder / TIMING_FILE).write_text(json.dumps(timing, indent=2) + "\n")
+
+    _replace_folder(run, write)
     log(f"{run.name}: done in {timing['wall_seconds']:.0f} s (load {timing['mean_load_1min']:.1f})")
 
 
@@ -328,8 +388,10 @@ def bitwidth_table(r: Any) -> list[str]:
     return lines
 
 
-def variant_table(rows: Sequence[tuple[str, PaperRun]], results: dict[str, Any]) -> list[str]:
-    """Ablation runs side by side: loss, memory, cost, evaluations."""
+def variant_table(
+    rows: Sequence[tuple[str, PaperRun]], results: dict[str, Any], failures: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Ablation runs side by side: loss, memory, cost, evaluations; a failed search says where."""
     lines = [
         "| variant | loss (whole test set) | memory (bytes) | memory vs 8-bit | multiply vs 8-bit "
         "| W bits (min-max) | A bits (min-max) | evaluations | search time |",
@@ -338,7 +400,13 @@ def variant_table(rows: Sequence[tuple[str, PaperRun]], results: dict[str, Any])
     for label, run in rows:
         r = results.get(run.name)
         if r is None:
-            lines.append(f"| {label} | *not yet run* | | | | | | | |")
+            failed = failures.get(run.name)
+            cell = (
+                "*not yet run*"
+                if failed is None
+                else f"**search failed** after {_duration(failed['wall_seconds'])}"
+            )
+            lines.append(f"| {label} | {cell} | | | | | | | |")
             continue
         s8 = r.savings("uniform8")
         lines.append(
@@ -348,6 +416,12 @@ def variant_table(rows: Sequence[tuple[str, PaperRun]], results: dict[str, Any])
             f"| {_search_time(run, r)} |"
         )
     return lines
+
+
+def order_label(run: PaperRun) -> str:
+    """``layers reverse``, ``A -> W -> B``, ``A -> W -> B, budgets in search order``."""
+    label = "layers reverse" if run.layer_order == "reverse" else " -> ".join(run.type_order)
+    return label + (", budgets in search order" if run.budgets else "")
 
 
 def _bits(r: Any, kind: str) -> str:
@@ -419,10 +493,11 @@ def plot_pareto(runs: Sequence[PaperRun], results: dict[str, Any], path: Path) -
 def render(runs: Sequence[PaperRun]) -> str:
     """``docs/results.md`` from the finished runs; unfinished ones are marked."""
     results = {run.name: r for run in runs if (r := load_result(run)) is not None}
+    failures = {run.name: f for run in runs if run.name not in results and (f := failure(run)) is not None}
     by_group: dict[str, list[PaperRun]] = {}
     for run in runs:
         by_group.setdefault(run.group, []).append(run)
-    missing = [run.name for run in runs if run.name not in results]
+    missing = [run.name for run in runs if run.name not in results and run.name not in failures]
     versions = next(iter(results.values())).versions if results else {}
     lines = [
         "# The paper's results, reproduced on the zoo",
@@ -432,7 +507,8 @@ def render(runs: Sequence[PaperRun]) -> str:
         "definition); do not edit by hand.",
         "",
         f"- Updated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- Finished runs: {len(results)} of {len(runs)}"
+        f"- Finished runs: {len(results) + len(failures)} of {len(runs)}"
+        + (f" ({len(failures)} ended in a failed search, a result too)" if failures else "")
         + (f"; **not yet run**: {', '.join(missing)}" if missing else ""),
         "- Versions: " + (", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "-"),
         "- Machine: 2 CPU cores. Search times are wall times on it, often with the zoo training alongside: "
@@ -495,6 +571,7 @@ def render(runs: Sequence[PaperRun]) -> str:
             f"memory {ind.costs['quantized'].memory_bytes:,.0f} bytes, {ind.evaluations} evaluations."
         )
     default = next(run for run in by_group["paper"] if run.model == ABLATION_MODEL)
+    order_rows = [(order_label(run), run) for run in by_group["order"]]
     split_default = next(run for run in by_group["split"] if run.model == ABLATION_MODEL)
     sweep = sorted([*by_group["sweep"], split_default], key=lambda run: run.eps)
     lines += [
@@ -508,20 +585,25 @@ def render(runs: Sequence[PaperRun]) -> str:
         *variant_table(
             [("paper (default) = linear", default)] + [(run.allocation, run) for run in by_group["scheme"]],
             results,
+            failures,
         ),
         "",
         "## Search order",
         "",
-        "The paper reports that reversing the layer order and searching activations first did worse.",
+        "The paper reports that reversing the layer order did worse, and that searching activations "
+        'first (A -> W -> B) did not work: the search "would often reach a point where the network was '
+        "quantized too much to be able to find a low bitwidth for which the accuracy loss was "
+        "acceptable\" (§VI). A -> W -> B runs twice here: with the paper's per-type budgets "
+        "(the activations, searched first, may spend up to eps; the first weights then get eps/(2L)), "
+        "and with the same ranges laid along the search order (A linear over (0, eps/2], W linear over "
+        "(eps/2, eps], B constant at eps).",
         "",
-        *variant_table(
-            [("W -> B -> A, forward (default)", default)]
-            + [
-                ("layers reverse" if run.layer_order == "reverse" else f"order {run.type_order}", run)
-                for run in by_group["order"]
-            ],
-            results,
-        ),
+        *variant_table([("W -> B -> A, forward (default)", default), *order_rows], results, failures),
+        *[
+            f"\n- {label}: `{failures[run.name]['error']}`"
+            for label, run in order_rows
+            if run.name in failures
+        ],
         "",
         "## Loss budget sweep",
         "",
@@ -580,19 +662,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.list:
         for run in runs:
-            state = "done" if is_done(run) else ("no model" if not run.model_path.is_file() else "to do")
+            state = (
+                "done"
+                if is_done(run)
+                else "failed"
+                if failure(run)
+                else ("no model" if not run.model_path.is_file() else "to do")
+            )
             print(f"{run.name:32s} {state}")
         return 0
     if not args.render_only:
         for run in chosen:
-            if is_done(run):
+            if finished(run):
                 continue
             if not run.model_path.is_file():
                 log(f"{run.name}: skipped, {run.model_path} does not exist yet (scripts/train_zoo.py)")
                 continue
             log(f"{run.name}: starting ({run.model}, {run.dataset}, eps {run.eps:g})")
+            started = time.perf_counter()
             try:
                 execute(run, data_dir, log)
+            except SearchError as err:  # no acceptable format: an outcome of these settings, kept
+                record_failure(run, err, time.perf_counter() - started)
+                log(f"{run.name}: the search failed (kept as its result): {err}")
             except Exception as err:  # one failed run must not stop the others
                 log(f"{run.name}: FAILED: {type(err).__name__}: {err}")
             RESULTS_MD.write_text(render(runs))

@@ -97,3 +97,59 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     run_json = tmp_path / "docs" / "paper" / runs[0] / "run.json"
     run_json.write_text(run_json.read_text().replace('"eps": 0.01', '"eps": 0.02'))
     assert not script.is_done(next(r for r in plan if r.name == runs[0]))
+
+
+def test_a_failed_search_is_kept_as_a_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper reports that A -> W -> B fails; a run whose search finds no format is that result,
+    shown in results.md with its error and not run again."""
+    script = _script(tmp_path, monkeypatch)
+    data = _tiny_zoo(tmp_path)
+    calls: list[str] = []
+
+    def fail(run: object, data_dir: str, log: object) -> None:
+        calls.append(run.name)  # type: ignore[attr-defined]
+        raise script.SearchError("layer 'c1', weights: no acceptable format even at (24, 25)")
+
+    monkeypatch.setattr(script, "execute", fail)
+    assert script.main(["--only", "order-AWB", "--data-dir", str(data)]) == 0
+    assert calls == ["order-AWB", "order-AWB-budgets"]
+    run = next(r for r in script.plan() if r.name == "order-AWB")
+    assert script.failure(run)["error"].startswith("SearchError: layer 'c1'")
+    assert script.finished(run) and not script.is_done(run)
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "| A -> W -> B | **search failed** after " in results
+    assert "- A -> W -> B: `SearchError: layer 'c1', weights: no acceptable format" in results
+    assert "(2 ended in a failed search, a result too)" in results
+    assert "order-AWB," not in results.split("not yet run**: ", 1)[1].splitlines()[0]
+    # Finished: not run again. Any other error is not a result: the run stays to do.
+    assert script.main(["--only", "order-AWB", "--data-dir", str(data)]) == 0
+    assert len(calls) == 2
+
+    def crash(run: object, data_dir: str, log: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(script, "execute", crash)
+    assert script.main(["--only", "order-reverse", "--data-dir", str(data)]) == 0
+    assert not script.finished(next(r for r in script.plan() if r.name == "order-reverse"))
+
+
+def test_budgets_reach_the_search_and_old_definitions_still_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optsearch.allocation import PAPER_ALLOCATION, Allocation
+
+    script = _script(tmp_path, monkeypatch)
+    runs = {r.name: r for r in script.plan()}
+    request = script.request_for(runs["order-AWB-budgets"], str(tmp_path), tmp_path / "work")
+    assert request.search.type_order == ("A", "W", "B")
+    assert request.search.allocation == {
+        "A": Allocation("linear", 0.0, 0.5),
+        "W": Allocation("linear", 0.5, 1.0),
+        "B": Allocation("constant", 1.0, 1.0),
+    }
+    assert script.request_for(runs["order-AWB"], str(tmp_path), tmp_path / "w2").search.allocation == dict(
+        PAPER_ALLOCATION
+    )
+    # run.json of a run without budgets has no budgets key: runs stored before the field existed match.
+    assert "budgets" not in script.definition(runs["order-reverse"])
+    assert script.definition(runs["order-AWB-budgets"])["budgets"][0] == ["A", "linear", 0.0, 0.5]

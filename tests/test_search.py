@@ -177,6 +177,22 @@ def test_past_the_cap_the_error_names_layer_and_tensor() -> None:
         opt_search(TableEvaluator({T: {}}), [[T]], {T: 1.0}, _settings())
 
 
+def test_past_the_cap_a_dependent_search_says_what_the_decided_tensors_lose() -> None:
+    # a takes (6, 5) at 0.002 of its 0.005 (local search); b's only format adds 0.004: nothing fits.
+    a, b = TensorId("l1", "W"), TensorId("l2", "W")
+    tables = {a: DIAGONAL, b: {Format(24, 23): 0.004}}
+    with pytest.raises(SearchError) as raised:
+        opt_search(TableEvaluator(tables, early=True), [[a], [b]], {a: 1.0, b: 1.0}, _settings())
+    message = str(raised.value)
+    # The early-stopped evaluation is a lower bound, and is worded as one.
+    assert "layer 'l2', weights: no acceptable format even at (24, 23) (loss at least 0.5000%" in message
+    assert "the tensor decided before it already loses 0.2000%" in message and "--order" in message
+    # Independent: the other tensors play no part, so the message does not mention them.
+    with pytest.raises(SearchError) as raised:
+        opt_search(TableEvaluator({T: {}}), [[T]], {T: 1.0}, _settings(independent=True))
+    assert "decided before" not in str(raised.value) and "(loss 100.0000% >" in str(raised.value)
+
+
 def test_dependent_search_sees_decided_formats_and_independent_does_not() -> None:
     a, b = TensorId("l1", "W"), TensorId("l2", "W")
     # (8, 7) is a neighbour of (7, 6): at 0.002 it is not better by delta, so fewer bits win.
