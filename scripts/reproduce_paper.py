@@ -349,6 +349,42 @@ def headline_table(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[st
     return lines
 
 
+def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[str]:
+    """The headline table's finished rows summed up the way spec §9 states the paper's figures."""
+    done = [(run, results[run.name]) for run in runs if run.name in results]
+    if not done:
+        return []
+
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.1%}-{max(values):.1%} (mean {sum(values) / len(values):.1%})"
+
+    losses = [r.accuracy["search"].quantized_loss for _, r in done]
+    memory8 = [r.savings("uniform8")["memory"] for _, r in done]
+    multiply8 = [r.savings("uniform8")["multiply_cost"] for _, r in done]
+    memory32 = [r.savings("float32")["memory"] for _, r in done]
+    lines = [
+        f"Against the paper, over the {len(done)} finished model{'s' if len(done) != 1 else ''}:",
+        "",
+        f"- Loss: {sum(x < 0.01 for x in losses)} of {len(done)} under 1% (largest {max(losses):.2%}); "
+        f"paper: {PAPER['loss']}.",
+        f"- Memory below 8-bit: {spread(memory8)}; paper: {PAPER['memory_vs_8bit']}.",
+        f"- Multiply cost below 8-bit: {spread(multiply8)}; paper: {PAPER['multiply_vs_8bit']}.",
+        f"- Memory below float32: mean {sum(memory32) / len(memory32):.1%}; paper: "
+        f"{PAPER['memory_vs_float32']}.",
+    ]
+    for kind in ("sequential", "branched"):
+        evals = [(r.evaluations, len(r.formats)) for run, r in done if run.model.startswith(kind)]
+        if evals:
+            counts = [e for e, _ in evals]
+            per_tensor = [e / n for e, n in evals]
+            lines.append(
+                f"- Evaluations, {kind}: {min(counts)}-{max(counts)}, "
+                f"{min(per_tensor):.1f}-{max(per_tensor):.1f} per tensor; paper: {PAPER['evaluations']}, "
+                "about 15 per tensor."
+            )
+    return lines
+
+
 def _cifar_mark(run: PaperRun) -> str:
     return " ¹" if run.dataset == "cifar10" else ""
 
@@ -528,6 +564,8 @@ def render(runs: Sequence[PaperRun]) -> str:
         "multiply cost (spec §8).",
         "",
         *headline_table(by_group["paper"], results),
+        "",
+        *paper_comparison(by_group["paper"], results),
         "",
         "## The honest number: a 50/50 split",
         "",
