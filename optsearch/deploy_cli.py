@@ -115,6 +115,9 @@ def export_command(
             click.echo(f"  note: {note}")
 
 
+PARTS = ("all", "search", "held-out")
+
+
 @click.command("verify")
 @click.argument("result_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -124,7 +127,17 @@ def export_command(
     metavar="NPZ|NAME[:SPLIT]",
     help="Data to compare on (default: the data of the run, all samples).",
 )
-@click.option("--samples", type=click.IntRange(1), default=None, help="Only the first N samples.")
+@click.option(
+    "--part",
+    type=click.Choice(PARTS),
+    default="all",
+    show_default=True,
+    help="Which part of the run's data: all of it, or the search or held-out part of its split "
+    "(the same samples the run used; held-out is what the search never saw).",
+)
+@click.option(
+    "--samples", type=click.IntRange(1), default=None, help="Only the first N samples (of the part)."
+)
 @click.option("--batch-size", type=click.IntRange(1), default=250, show_default=True)
 @click.option(
     "--json",
@@ -134,7 +147,12 @@ def export_command(
     help="Also write the agreement as JSON to this file.",
 )
 def verify_command(
-    result_dir: Path, data_spec: str | None, samples: int | None, batch_size: int, json_path: Path | None
+    result_dir: Path,
+    data_spec: str | None,
+    part: str,
+    samples: int | None,
+    batch_size: int,
+    json_path: Path | None,
 ) -> None:
     """Run the integer reference of RESULT_DIR and compare it with the Keras quantized model.
 
@@ -166,6 +184,7 @@ def verify_command(
         tuple(dataset.x.shape[1:]),
         tuple(result.model.inputs[0].shape[1:]),
     )
+    dataset = data_part(dataset, part, info, data_spec is not None, result_dir)
     x = preprocess(dataset.x[:samples] if samples else dataset.x)
     agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
     weighted = len(list(result.netlist.weighted()))
@@ -173,7 +192,8 @@ def verify_command(
     floats = ", ".join(f"{name} ({count})" for name, count in causes.most_common())
     integer = weighted - causes.total()
     click.echo(
-        f"{result_dir}: {len(x)} samples of {spec}; {integer} of {weighted} weighted layers "
+        f"{result_dir}: {len(x)} samples of {spec}{'' if part == 'all' else f' ({part} part)'}; "
+        f"{integer} of {weighted} weighted layers "
         "have a fixed-point input (integer-only)"
         + (f", the others read the float output of: {floats}" if causes else "")
     )
@@ -215,6 +235,33 @@ def verify_command(
     else:
         click.echo("verify: DISAGREEMENT (see above)")
         raise click.exceptions.Exit(1)
+
+
+def data_part(dataset: Any, part: str, info: dict[str, Any], other_data: bool, result_dir: Path) -> Any:
+    """The ``part`` of the run's data: the split is redone from the fraction and seed in formats.json
+    (spec §4: deterministic), so these are the samples the run searched on or held out."""
+    from optsearch.data import split
+    from optsearch.netlist import DeployError
+
+    if part == "all":
+        return dataset
+    if other_data:
+        raise DeployError(f"--part {part} picks from the run's own data; leave out --data")
+    fraction = float(info.get("search_fraction", 1.0))
+    if fraction >= 1.0:
+        raise DeployError(
+            f"{result_dir}: the run searched on all of its data (search fraction 1), so it has no "
+            f"{part} part; leave out --part"
+        )
+    search, held_out = split(dataset, fraction, int(info.get("seed", 0)))
+    expected = info.get(f"{part.replace('-', '_')}_samples")
+    chosen = search if part == "search" else held_out
+    if expected is not None and len(chosen) != expected:
+        raise DeployError(
+            f"{result_dir}: the {part} part has {len(chosen)} samples here but {expected} in the run: "
+            "the data file changed since the run; pass the run's data"
+        )
+    return chosen
 
 
 def _as_dict(agreement: Any) -> dict[str, Any]:

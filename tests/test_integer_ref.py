@@ -212,6 +212,43 @@ def test_verify_command(tiny_result: Path, tmp_path: Path) -> None:
     assert f"{100 * model_correct / 64:.2f}%" in out.output
 
 
+def test_verify_parts_are_the_runs_search_and_held_out_samples(tiny_result: Path, tmp_path: Path) -> None:
+    """``--part`` redoes the run's split: the two parts partition the data, in the run's sizes."""
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / "quantized.keras").write_bytes((tiny_result / "quantized.keras").read_bytes())
+    x = np.load(json.loads((tiny_result / "formats.json").read_text())["data"]["spec"])["x"]
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(len(x)) % 10)
+    formats = json.loads((tiny_result / "formats.json").read_text())
+    formats["data"] = {"spec": str(tmp_path / "data.npz"), "search_fraction": 0.5, "seed": 0}
+    # Per class, round(n / 2) searched: classes 0-3 have 7 samples (4 searched), 4-9 have 6 (3).
+    formats["data"] |= {"search_samples": 34, "held_out_samples": 30}
+    (result / "formats.json").write_text(json.dumps(formats))
+    runner = CliRunner()
+
+    correct = {}
+    for part in ("all", "search", "held-out"):
+        report = tmp_path / f"{part}.json"
+        out = runner.invoke(cli, ["verify", str(result), "--part", part, "--json", str(report)])
+        assert out.exit_code == 0, out.output
+        data = json.loads(report.read_text())
+        assert data["samples"] == {"all": 64, "search": 34, "held-out": 30}[part]
+        correct[part] = data["end_to_end"]["correct"]
+        assert (f"({part} part);" in out.output) == (part != "all")
+    assert [s + h for s, h in zip(correct["search"], correct["held-out"], strict=True)] == correct["all"]
+
+    out = runner.invoke(
+        cli, ["verify", str(result), "--part", "held-out", "--data", str(tmp_path / "data.npz")]
+    )
+    assert out.exit_code == 2 and "leave out --data" in out.output, out.output
+    formats["data"]["held_out_samples"] = 40
+    (result / "formats.json").write_text(json.dumps(formats))
+    out = runner.invoke(cli, ["verify", str(result), "--part", "held-out"])
+    assert out.exit_code == 2 and "30 samples here but 40 in the run" in out.output, out.output
+    out = runner.invoke(cli, ["verify", str(tiny_result), "--part", "search"])  # searched on all data
+    assert out.exit_code == 2 and "has no search part" in out.output, out.output
+
+
 def test_compare_logits_counts_each_sides_correct_predictions() -> None:
     reference = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
     model = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
