@@ -70,8 +70,9 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert script.main(["--only", *runs, "--data-dir", str(data)]) == 0
     for name in runs:
         folder = tmp_path / "docs" / "paper" / name
+        verified = [script.VERIFY_FILE] if name.startswith("split-") else []
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            [*script.FILES_KEPT, "run.json", script.TIMING_FILE]
+            [*script.FILES_KEPT, "run.json", script.TIMING_FILE, *verified]
         )
         timing = json.loads((folder / script.TIMING_FILE).read_text())
         assert timing["wall_seconds"] > 0 and timing["cpu_seconds"] > 0 and timing["mean_load_1min"] >= 0
@@ -89,6 +90,16 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert re.search(r"^\| 1\.00% \| \d", results, re.MULTILINE)
     assert re.search(r"^\| paper \(default\) = linear \| \d", results, re.MULTILINE)
     assert "| linear | *not yet run*" not in results
+    # The split run's held-out half is verified on the exact fixed-point network, and tabled.
+    verified = json.loads((tmp_path / "docs" / "paper" / runs[1] / script.VERIFY_FILE).read_text())
+    held_out = verified["samples"]
+    exact = verified["end_to_end"]["correct"][0] / held_out
+    split_row = next(
+        line for line in results.splitlines() if line.startswith(f"| sequential_mnist | {240 - held_out} |")
+    )
+    cells = [cell.strip() for cell in split_row.split("|")[1:-1]]
+    float_acc = float(cells[4].rstrip("%")) / 100
+    assert cells[-2:] == [f"{exact:.2%}", f"{(float_acc - exact) / float_acc:.2%}"]
     row = next(line for line in results.splitlines() if line.startswith("| sequential_mnist | 9"))
     assert re.search(r"\| \d+ s \(load \d+\.\d\) \|$", row), row  # search time with the load beside it
 
