@@ -90,6 +90,8 @@ PAPER = {
     "multiply_vs_8bit": "57.2-84.9% (mean 72.0%)",
     "memory_vs_float32": "87.7% (mean, 8.1x)",
     "evaluations": "670-710 (sequential), 1035-1090 (branched)",
+    "evaluations_sequential": "670-710",
+    "evaluations_branched": "1035-1090",
     "independent_combined_loss": "about 51% (Fig. 5b)",
     "bits_sequential_mnist": "weights 2-5 bits, biases mostly 1, activations 3-6, logits 5",
     "bits_all_models": "W 1-10, B 1-6, A 1-11 across all eight models; the first layer and the logits "
@@ -422,14 +424,19 @@ def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[
     for kind in ("sequential", "branched"):
         evals = [(r.evaluations, len(r.formats)) for run, r in done if run.model.startswith(kind)]
         if evals:
-            counts = [e for e, _ in evals]
-            per_tensor = [e / n for e, n in evals]
+            counts = _span([e for e, _ in evals], "{:d}")
+            per_tensor = _span([e / n for e, n in evals], "{:.1f}")
             lines.append(
-                f"- Evaluations, {kind}: {min(counts)}-{max(counts)}, "
-                f"{min(per_tensor):.1f}-{max(per_tensor):.1f} per tensor; paper: {PAPER['evaluations']}, "
-                "about 15 per tensor."
+                f"- Evaluations, {kind}: {counts}, {per_tensor} per tensor; paper: "
+                f"{PAPER['evaluations_' + kind]}, about 15 per tensor."
             )
     return lines
+
+
+def _span(values: Sequence[Any], fmt: str) -> str:
+    """``low-high``, or one value when they are equal."""
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 def _cifar_mark(run: PaperRun) -> str:
