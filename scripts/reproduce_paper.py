@@ -83,6 +83,8 @@ VERIFY_FILE = "verify_held_out.json"
 """``optsearch verify --part held-out --json`` of a split run: the exact fixed-point network's accuracy on
 the held-out half, beside the float32 emulation's that the search reports."""
 
+PAPER_MEMORY_RANGE = (0.358, 0.627)
+"""Spec §9: the lowest and highest memory saving against 8-bit among the paper's models."""
 #: Spec §9: the paper's figures (savings recomputed from its per-layer results).
 PAPER = {
     "loss": "under 1% for every model",
@@ -421,6 +423,9 @@ def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[
         f"- Memory below float32: mean {sum(memory32) / len(memory32):.1%}; paper: "
         f"{PAPER['memory_vs_float32']}.",
     ]
+    for run, r in done:
+        if not PAPER_MEMORY_RANGE[0] <= r.savings("uniform8")["memory"] <= PAPER_MEMORY_RANGE[1]:
+            lines.append(f"- {memory_breakdown(run, r)}")
     for kind in ("sequential", "branched"):
         evals = [(r.evaluations, len(r.formats)) for run, r in done if run.model.startswith(kind)]
         if evals:
@@ -431,6 +436,30 @@ def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[
                 f"{PAPER['evaluations_' + kind]}, about 15 per tensor."
             )
     return lines
+
+
+def memory_breakdown(run: PaperRun, r: Any) -> str:
+    """Where a model's memory saving comes from: each type's share of the 8-bit network's memory and
+    how much of it the found formats save (spec §8's memory is the sum over W, B, A)."""
+    found, base = r.costs["quantized"].memory_bits, r.costs["uniform8"].memory_bits
+    total = sum(base.values())
+    saving = r.savings("uniform8")["memory"]
+    where = (
+        f"below the paper's lowest, {PAPER_MEMORY_RANGE[0]:.1%}"
+        if saving < PAPER_MEMORY_RANGE[0]
+        else f"above the paper's highest, {PAPER_MEMORY_RANGE[1]:.1%}"
+    )
+    parts = "; ".join(
+        f"{name} are {base[kind] / total:.0%} of the 8-bit memory and shrink by "
+        f"{1 - found[kind] / base[kind]:.1%}"
+        for kind, name in (("W", "weights"), ("A", "activations"))
+        if base.get(kind)
+    )
+    activations = [layer.tensors["A"].bw for layer in r.layers if "A" in layer.tensors]
+    return (
+        f"{run.model} saves {saving:.1%}, {where}: {parts}; its first four activations "
+        f"take {', '.join(str(bw) for bw in activations[:4])} bits."
+    )
 
 
 def _span(values: Sequence[Any], fmt: str) -> str:

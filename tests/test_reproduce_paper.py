@@ -87,6 +87,10 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
         r"^- Evaluations, sequential: \d+, [\d.]+ per tensor; paper: 670-710,", results, re.MULTILINE
     )
     assert "- Evaluations, branched" not in results  # no branched model has run
+    # The tiny model's saving is far outside the paper's range: where its memory goes is spelled out.
+    assert re.search(
+        r"^- sequential_mnist saves -?[\d.]+%, (below|above) the paper's .*activations are", results, re.M
+    )
     # The runs the ablations share with these two are measured too: eps 1% of the sweep, and the
     # linear scheme (the paper's allocation).
     assert re.search(r"^\| 1\.00% \| \d", results, re.MULTILINE)
