@@ -164,6 +164,8 @@ def verify_command(
     1 otherwise. End to end (the reference alone from the input, where a difference carries on
     into later layers) is reported too.
     """
+    if part != "all" and data_spec is not None:
+        raise click.UsageError(f"--part {part} picks from the run's own data; leave out --data")
     result = _load(result_dir)
     from optsearch.data import Preprocess, fit_channel_axis, load_data
     from optsearch.deploy_keras import verify
@@ -184,7 +186,7 @@ def verify_command(
         tuple(dataset.x.shape[1:]),
         tuple(result.model.inputs[0].shape[1:]),
     )
-    dataset = data_part(dataset, part, info, data_spec is not None, result_dir)
+    dataset = data_part(dataset, part, info, result_dir)
     x = preprocess(dataset.x[:samples] if samples else dataset.x)
     agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
     weighted = len(list(result.netlist.weighted()))
@@ -237,7 +239,7 @@ def verify_command(
         raise click.exceptions.Exit(1)
 
 
-def data_part(dataset: Any, part: str, info: dict[str, Any], other_data: bool, result_dir: Path) -> Any:
+def data_part(dataset: Any, part: str, info: dict[str, Any], result_dir: Path) -> Any:
     """The ``part`` of the run's data: the split is redone from the fraction and seed in formats.json
     (spec §4: deterministic), so these are the samples the run searched on or held out."""
     from optsearch.data import split
@@ -245,8 +247,6 @@ def data_part(dataset: Any, part: str, info: dict[str, Any], other_data: bool, r
 
     if part == "all":
         return dataset
-    if other_data:
-        raise DeployError(f"--part {part} picks from the run's own data; leave out --data")
     fraction = float(info.get("search_fraction", 1.0))
     if fraction >= 1.0:
         raise DeployError(

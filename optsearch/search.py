@@ -169,7 +169,7 @@ def opt_search(
             latest = done[tensor]
             continue
         r_q = {t: d.fmt for t, d in done.items()}
-        before = None if settings.independent or latest is None else (len(r_q), latest.loss)
+        before = None if settings.independent or latest is None else latest.loss
         tensor_search = _TensorSearch(evaluator, tensor, eps, settings, r_q, on_evaluation, log, before)
         decision = tensor_search.run(position, magnitudes[tensor])
         latest = decision
@@ -193,9 +193,9 @@ class _TensorSearch:
         decided: Mapping[TensorId, Format],
         on_evaluation: Callable[[EvaluationRecord], None] | None,
         log: Callable[[str], None] | None,
-        before: tuple[int, float] | None = None,
+        before: float | None = None,
     ) -> None:
-        """``before``: how many tensors a dependent search has decided so far, and their loss."""
+        """``before``: in a dependent search, the loss of the tensors in ``decided``."""
         self.evaluator = evaluator
         self.tensor = tensor
         self.eps = eps
@@ -308,14 +308,14 @@ class _TensorSearch:
         loss = f"loss {'' if result.exact else 'at least '}{result.loss:.4%} > its budget {self.eps:.4%}"
         message = f"{self.describe()}: no acceptable format even at {fmt} ({loss})"
         if self.before is not None:
-            count, before_loss = self.before
+            count = len(self.decided)
             decided = (
-                "the tensor decided before it already loses"
-                if count == 1
-                else (f"the {count} tensors decided before it already lose")
+                f"the {count} tensors decided before it already lose"
+                if count > 1
+                else ("the tensor decided before it already loses")
             )
             message += (
-                f"; {decided} {before_loss:.4%}, so an order or allocation that leaves later "
+                f"; {decided} {self.before:.4%}, so an order or allocation that leaves later "
                 "tensors more budget can help (--order, --budget)"
             )
         return message + "; or give a larger --eps"

@@ -85,15 +85,14 @@ the held-out half, beside the float32 emulation's that the search reports."""
 
 PAPER_MEMORY_RANGE = (0.358, 0.627)
 """Spec §9: the lowest and highest memory saving against 8-bit among the paper's models."""
+PAPER_EVALUATIONS = {"sequential": "670-710", "branched": "1035-1090"}
 #: Spec §9: the paper's figures (savings recomputed from its per-layer results).
 PAPER = {
     "loss": "under 1% for every model",
-    "memory_vs_8bit": "35.8-62.7% (mean 50.8%)",
+    "memory_vs_8bit": f"{100 * PAPER_MEMORY_RANGE[0]:.1f}-{100 * PAPER_MEMORY_RANGE[1]:.1f}% (mean 50.8%)",
     "multiply_vs_8bit": "57.2-84.9% (mean 72.0%)",
     "memory_vs_float32": "87.7% (mean, 8.1x)",
-    "evaluations": "670-710 (sequential), 1035-1090 (branched)",
-    "evaluations_sequential": "670-710",
-    "evaluations_branched": "1035-1090",
+    "evaluations": ", ".join(f"{count} ({kind})" for kind, count in PAPER_EVALUATIONS.items()),
     "independent_combined_loss": "about 51% (Fig. 5b)",
     "bits_sequential_mnist": "weights 2-5 bits, biases mostly 1, activations 3-6, logits 5",
     "bits_all_models": "W 1-10, B 1-6, A 1-11 across all eight models; the first layer and the logits "
@@ -426,14 +425,14 @@ def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[
     for run, r in done:
         if not PAPER_MEMORY_RANGE[0] <= r.savings("uniform8")["memory"] <= PAPER_MEMORY_RANGE[1]:
             lines.append(f"- {memory_breakdown(run, r)}")
-    for kind in ("sequential", "branched"):
+    for kind in PAPER_EVALUATIONS:
         evals = [(r.evaluations, len(r.formats)) for run, r in done if run.model.startswith(kind)]
         if evals:
             counts = _span([e for e, _ in evals], "{:d}")
             per_tensor = _span([e / n for e, n in evals], "{:.1f}")
             lines.append(
                 f"- Evaluations, {kind}: {counts}, {per_tensor} per tensor; paper: "
-                f"{PAPER['evaluations_' + kind]}, about 15 per tensor."
+                f"{PAPER_EVALUATIONS[kind]}, about 15 per tensor."
             )
     return lines
 
@@ -539,6 +538,12 @@ def variant_table(
             f"| {_search_time(run, r)} |"
         )
     return lines
+
+
+def failure_notes(rows: Sequence[tuple[str, PaperRun]], failures: dict[str, dict[str, Any]]) -> list[str]:
+    """Under a variant table, the error of each failed search: where it stopped and why."""
+    notes = [f"- {label}: `{failures[run.name]['error']}`" for label, run in rows if run.name in failures]
+    return ["", *notes] if notes else []
 
 
 def order_label(run: PaperRun) -> str:
@@ -727,11 +732,7 @@ def render(runs: Sequence[PaperRun]) -> str:
         "(eps/2, eps], B constant at eps).",
         "",
         *variant_table([("W -> B -> A, forward (default)", default), *order_rows], results, failures),
-        *[
-            f"\n- {label}: `{failures[run.name]['error']}`"
-            for label, run in order_rows
-            if run.name in failures
-        ],
+        *failure_notes(order_rows, failures),
         "",
         "## Loss budget sweep",
         "",
