@@ -498,6 +498,68 @@ def split_table(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def split_summary(
+    split_runs: Sequence[PaperRun], whole_runs: Sequence[PaperRun], results: dict[str, Any]
+) -> list[str]:
+    """The split table summed up: how often the held-out loss keeps the budget, on the emulation and
+    on the exact network, and how far a search on half the data lands from the whole-test-set run."""
+    done = [(run, results[run.name]) for run in split_runs if run.name in results]
+    if not done:
+        return []
+    held = [(run, r.accuracy["held_out"]) for run, r in done]
+    over = [f"{run.model} {_pct(h.quantized_loss)}" for run, h in held if h.quantized_loss > run.eps]
+    gaps = [r.accuracy["held_out"].quantized_loss - r.accuracy["search"].quantized_loss for _, r in done]
+    lines = [
+        f"Over the {len(done)} finished split{'s' if len(done) != 1 else ''}:",
+        "",
+        f"- Held-out loss within the budget (eps {done[0][0].eps:.0%}): {len(done) - len(over)} of "
+        f"{len(done)}" + (f"; over it: {', '.join(over)}." if over else "."),
+        f"- Held-out minus search loss: {min(gaps):+.2%} to {max(gaps):+.2%} "
+        f"(mean {sum(gaps) / len(gaps):+.2%}).",
+    ]
+    exact = [(run, h, held_out_exact(run)) for run, h in held]
+    exact_losses = [(run, (h.float_model - e) / h.float_model) for run, h, e in exact if e is not None]
+    if exact_losses:
+        exact_over = [f"{run.model} {_pct(loss)}" for run, loss in exact_losses if loss > run.eps]
+        lines.append(
+            f"- Held-out loss of the exact network within the budget: {len(exact_losses) - len(exact_over)} "
+            f"of {len(exact_losses)} verified"
+            + (f"; over it: {', '.join(exact_over)}." if exact_over else ".")
+        )
+    whole = {run.model: results[run.name] for run in whole_runs if run.name in results}
+
+    def saving(r: Any) -> str:
+        return _pct(r.savings("uniform8")["memory"])
+
+    pairs = [
+        f"{run.model} {saving(r)} / {saving(whole[run.model])}{first_difference(run, r, whole[run.model])}"
+        for run, r in done
+        if run.model in whole
+    ]
+    if pairs:
+        lines.append(
+            "- Memory below 8-bit, searched on half the test set / on the whole: "
+            + "; ".join(pairs)
+            + ". The search is greedy, one tensor at a time: with other samples an early decision can "
+            "change, and the tensors searched after it adapt to it."
+        )
+    return lines
+
+
+def first_difference(run: PaperRun, a: Any, b: Any) -> str:
+    """Where two results of one model first part, in ``run``'s search order (types, then layers
+    forward: Algorithm 1's loops), as `` (first difference: LAYER W, 6 / 5 bits, tensor 2 of N)``."""
+    order = [(t, layer) for t in run.type_order for layer in a.layers if t in layer.tensors]
+    other = {layer.name: layer for layer in b.layers}
+    for i, (t, layer) in enumerate(order, start=1):
+        bw, other_bw = layer.tensors[t].bw, other[layer.name].tensors[t].bw
+        if bw != other_bw:
+            return (
+                f" (first difference: {layer.name} {t}, {bw} / {other_bw} bits, tensor {i} of {len(order)})"
+            )
+    return ""
+
+
 def bitwidth_table(r: Any) -> list[str]:
     """Per-layer (BW, F) of W, B, A for one run."""
     lines = ["| layer | type | W (BW, F) | B (BW, F) | A (BW, F) |", "|---|---|---|---|---|"]
@@ -641,7 +703,8 @@ def render(runs: Sequence[PaperRun]) -> str:
         "- Versions: " + (", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "-"),
         "- Machine: 2 CPU cores. Search times are wall times on it, often with the zoo training alongside: "
         "each shows the mean 1-minute load average during its run (2.0 = both cores busy; about 4 = "
-        "the run had half the machine). `docs/paper/<run>/timing.json` also has its CPU seconds.",
+        "the run had half the machine). `docs/paper/<run>/timing.json` also has its CPU seconds (for "
+        "a run that was interrupted and resumed, those of its last part; the search times here are whole).",
         "",
         "¹ CIFAR-10 models are trained on 20,000 CIFAR-10 images decoded from JPEG (quality 75, lossy) "
         "and tested on the JPEG-decoded test set, so their float accuracy is lower than the paper's "
@@ -668,6 +731,8 @@ def render(runs: Sequence[PaperRun]) -> str:
         "runs/paper/split-MODEL --part held-out`, the integer reference of docs/deployment.md).",
         "",
         *split_table(by_group["split"], results),
+        "",
+        *split_summary(by_group["split"], by_group["paper"], results),
         "",
         "## Per-layer formats",
         "",

@@ -106,6 +106,15 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     cells = [cell.strip() for cell in split_row.split("|")[1:-1]]
     float_acc = float(cells[4].rstrip("%")) / 100
     assert cells[-2:] == [f"{exact:.2%}", f"{(float_acc - exact) / float_acc:.2%}"]
+    # Summed up under the table: the budget kept or not, on both networks, and the whole-set run beside.
+    assert "Over the 1 finished split:" in results
+    assert re.search(r"^- Held-out loss within the budget \(eps 1%\): [01] of 1", results, re.M)
+    assert re.search(
+        r"^- Held-out loss of the exact network within the budget: [01] of 1 verified", results, re.M
+    )
+    assert re.search(
+        r"^- Memory below 8-bit, .* on the whole: sequential_mnist -?[\d.]+% / -?[\d.]+%", results, re.M
+    )
     row = next(line for line in results.splitlines() if line.startswith("| sequential_mnist | 9"))
     assert re.search(r"\| \d+ s \(load \d+\.\d\) \|$", row), row  # search time with the load beside it
 
@@ -173,3 +182,26 @@ def test_budgets_reach_the_search_and_old_definitions_still_match(
     # run.json of a run without budgets has no budgets key: runs stored before the field existed match.
     assert "budgets" not in script.definition(runs["order-reverse"])
     assert script.definition(runs["order-AWB-budgets"])["budgets"][0] == ["A", "linear", 0.0, 0.5]
+
+
+def test_first_difference_follows_the_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two searches of one model part at the first tensor, in search order, whose bitwidths differ."""
+    from types import SimpleNamespace as NS
+
+    script = _script(tmp_path, monkeypatch)
+
+    def result(bits: dict[str, tuple[int, int, int]]) -> NS:
+        return NS(
+            layers=[
+                NS(name=n, tensors={t: NS(bw=b) for t, b in zip("WBA", bw, strict=True)})
+                for n, bw in bits.items()
+            ]
+        )
+
+    a = result({"c1": (4, 1, 5), "c2": (3, 1, 4)})
+    same_w = result({"c1": (4, 2, 5), "c2": (3, 1, 6)})
+    run = next(r for r in script.plan() if r.name == "split-sequential_mnist")  # W -> B -> A
+    assert script.first_difference(run, a, same_w) == " (first difference: c1 B, 1 / 2 bits, tensor 3 of 6)"
+    awb = script.PaperRun("x", "order", "m", "mnist", type_order="AWB")
+    assert script.first_difference(awb, a, same_w) == " (first difference: c2 A, 4 / 6 bits, tensor 2 of 6)"
+    assert script.first_difference(run, a, a) == ""
