@@ -206,8 +206,7 @@ def verify_command(
             if layer.differ == 0
             else (
                 f"{layer.differ} differ by <= {layer.max_diff} LSB, within "
-                f"{layer.max_boundary_distance:.1e} LSB of a rounding boundary"
-                + ("" if layer.explained else "  <-- NOT explained by float32 rounding")
+                f"{layer.max_boundary_distance:.1e} LSB of a rounding boundary" + _unexplained(layer)
             )
         )
         click.echo(f"  {layer.name:28s} {layer.codes:>12,d} codes  {status}")
@@ -262,6 +261,18 @@ def data_part(dataset: Any, part: str, info: dict[str, Any], result_dir: Path) -
             "the data file changed since the run; pass the run's data"
         )
     return chosen
+
+
+def _unexplained(layer: Any) -> str:
+    """What float32 rounding does not explain in one quantizer's differing codes (empty: nothing)."""
+    if layer.explained:
+        return ""
+    if layer.max_diff > 1:
+        return f"  <-- NOT explained by float32 rounding: codes {layer.max_diff} LSB apart"
+    return (
+        f"  <-- NOT explained by float32 rounding: {layer.beyond_bound} lie farther from a rounding "
+        "boundary than float32 can move them"
+    )
 
 
 def _as_dict(agreement: Any) -> dict[str, Any]:

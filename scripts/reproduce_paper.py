@@ -323,13 +323,28 @@ def verify_held_out(run: PaperRun, data_dir: str, log: Callable[[str], None]) ->
     log(f"{run.name}: " + "; ".join(done.stdout.strip().splitlines()[-2:]))
 
 
+def _verified(run: PaperRun) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((RESULTS_DIR / run.name / VERIFY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
 def held_out_exact(run: PaperRun) -> float | None:
     """Top-1 accuracy of the exact fixed-point network on the held-out half, where verified."""
     try:
-        data = json.loads((RESULTS_DIR / run.name / VERIFY_FILE).read_text())
+        data = _verified(run) or {}
         return float(data["end_to_end"]["correct"][0]) / float(data["samples"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
+    except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
         return None
+
+
+def held_out_verdict(run: PaperRun) -> bool | None:
+    """``optsearch verify``'s verdict on the held-out half (the Keras model matches the exact network
+    layer by layer), where verified."""
+    data = _verified(run)
+    return None if data is None or "ok" not in data else bool(data["ok"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,6 +540,14 @@ def split_summary(
             f"- Held-out loss of the exact network within the budget: {len(exact_losses) - len(exact_over)} "
             f"of {len(exact_losses)} verified"
             + (f"; over it: {', '.join(exact_over)}." if exact_over else ".")
+        )
+        verdicts = [held_out_verdict(run) for run, _ in exact_losses]
+        failed = [run.model for (run, _), ok in zip(exact_losses, verdicts, strict=True) if ok is False]
+        lines.append(
+            f"- `optsearch verify` on the held-out halves: OK on {verdicts.count(True)} of {len(verdicts)} "
+            "(layer by layer, every code the Keras model computes is the exact one, or one LSB off where "
+            "float32 rounding reaches a rounding boundary)"
+            + (f"; disagreement on {', '.join(failed)}." if failed else ".")
         )
     whole = {run.model: results[run.name] for run in whole_runs if run.name in results}
 

@@ -293,3 +293,81 @@ def test_scores_node_is_the_logits_quantizer(tiny_result: Path) -> None:
     netlist = load_result(tiny_result).netlist
     assert integer_ref.scores_node(netlist) == "out_act_quant"
     assert netlist.output == "out_softmax"
+
+
+# --- float32's error bound: what explains a differing code ------------------------------------------
+
+
+def test_float32_bound_covers_keras_float32_batchnorm_then_conv() -> None:
+    """BatchNorm then a 3x3x64 conv, as Keras computes them in float32, stay within the propagated
+    bound of the exact values everywhere; and the bound is tight enough to mean something."""
+    from optsearch.netlist import FixedArray, Node
+
+    rng = np.random.default_rng(5)
+    x32 = (rng.normal(0, 3, size=(4, 9, 9, 64)) + 1).astype(np.float32)
+    arrays = {
+        "gamma": rng.uniform(0.2, 3, 64).astype(np.float32),
+        "beta": rng.normal(0, 1, 64).astype(np.float32),
+        "mean": rng.normal(1, 1, 64).astype(np.float32),
+        "variance": rng.uniform(0.5, 9, 64).astype(np.float32),
+    }
+    bn = Node("bn", "batchnorm", ("x",), "BatchNormalization", (9, 9, 64), {"epsilon": 1e-3}, arrays=arrays)
+    w_fmt, b_fmt = Format(8, 9), Format(8, 5)
+    conv = Node(
+        "c",
+        "conv",
+        ("bn",),
+        "Conv2D",
+        (7, 7, 16),
+        {"padding": "valid", "activation": "relu"},
+        weights=(FixedArray(rng.integers(-127, 128, (3, 3, 64, 16)), w_fmt),),
+        bias=FixedArray(rng.integers(-127, 128, 16), b_fmt),
+    )
+    x = Value(x32.astype(np.float64), None)
+    normed = Value(integer_ref._batchnorm(bn, x.data), None, integer_ref.float32_bound(bn, [x], None))
+    exact = integer_ref._weighted(conv, normed, None).data
+    bound = integer_ref.float32_bound(conv, [normed], None)
+
+    keras_bn = keras.ops.batch_normalization(
+        x32,
+        arrays["mean"],
+        arrays["variance"],
+        axis=-1,
+        offset=arrays["beta"],
+        scale=arrays["gamma"],
+        epsilon=1e-3,
+    )
+    kernel = conv.weights[0].values().astype(np.float32)
+    assert conv.bias is not None
+    keras_out = keras.ops.relu(keras.ops.conv(keras_bn, kernel) + conv.bias.values().astype(np.float32))
+    error = np.abs(keras.ops.convert_to_numpy(keras_out).astype(np.float64) - exact)
+    assert error.max() > 0  # float32 did round
+    assert np.all(error <= bound)
+    # A worst-case bound (here about 200 times the largest error seen), yet small against the values.
+    assert bound.max() < 1e-3 * np.abs(exact).max()
+
+
+def test_a_difference_float32_cannot_explain_is_flagged() -> None:
+    """One LSB off where the exact value sits 0.3 LSB from a rounding boundary: float32 explains it
+    only if its bound reaches that far."""
+    fmt = Format(8, 4)
+    pre = np.array([[1.0 / 16 * 5 + 0.2 / 16, 1.0 / 16 * 3]])  # 5.2 and 3.0 LSB: 0.3 and 0.5 from a boundary
+    reference = quantize_value(Value(pre, None), fmt)
+    assert reference.data.tolist() == [[5, 3]]
+    model = np.array([[6 / 16, 3 / 16]])  # the first code one LSB up
+    tight = integer_ref.layer_agreement("q", reference, model, Value(pre, None, 1e-6), fmt)
+    assert (tight.differ, tight.beyond_bound, tight.explained) == (1, 1, False)
+    assert tight.max_boundary_distance == pytest.approx(0.3)
+    loose = integer_ref.layer_agreement("q", reference, model, Value(pre, None, 0.31 / 16), fmt)
+    assert (loose.beyond_bound, loose.explained) == (0, True)
+    assert tight.merge(loose).beyond_bound == 1
+    from optsearch.deploy_cli import _unexplained
+
+    assert _unexplained(loose) == ""
+    assert "1 lie farther from a rounding boundary than float32" in _unexplained(tight)
+
+
+def test_gamma_is_highams() -> None:
+    u = 2.0**-24
+    assert integer_ref.gamma(1) == pytest.approx(u / (1 - u))
+    assert integer_ref.gamma(1000) == pytest.approx(1000 * u, rel=1e-4)

@@ -112,6 +112,7 @@ def test_runs_skips_done_and_renders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert re.search(
         r"^- Held-out loss of the exact network within the budget: [01] of 1 verified", results, re.M
     )
+    assert "- `optsearch verify` on the held-out halves: OK on 1 of 1 (layer by layer" in results
     assert re.search(
         r"^- Memory below 8-bit, .* on the whole: sequential_mnist -?[\d.]+% / -?[\d.]+%", results, re.M
     )
