@@ -341,21 +341,43 @@ def _pool(x: np.ndarray, node: Node, kind: str) -> np.ndarray:
     return result
 
 
+def _bilinear_taps(old: int, new: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis, for each output position: the two input positions and the second one's weight
+    (half-pixel centres, as TensorFlow)."""
+    centres = (np.arange(new) + 0.5) * (old / new) - 0.5
+    low = np.floor(centres)
+    lo = np.clip(low, 0, old - 1).astype(int)
+    hi = np.clip(np.ceil(centres), 0, old - 1).astype(int)
+    return lo, hi, centres - low
+
+
 def _resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """TensorFlow's bilinear resize (half-pixel centres, no antialiasing) of (N, H, W, C), in float64."""
     out = x
     for axis, new in ((1, size[0]), (2, size[1])):
-        old = out.shape[axis]
-        centres = (np.arange(new) + 0.5) * (old / new) - 0.5
-        low = np.floor(centres)
-        lerp = centres - low
-        lo = np.clip(low, 0, old - 1).astype(int)
-        hi = np.clip(np.ceil(centres), 0, old - 1).astype(int)
+        lo, hi, lerp = _bilinear_taps(out.shape[axis], new)
         shape = [1] * out.ndim
         shape[axis] = new
         a, b = np.take(out, lo, axis=axis), np.take(out, hi, axis=axis)
         out = a + (b - a) * lerp.reshape(shape)
     return out
+
+
+def _resize_bound(magnitude: np.ndarray, bound: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The float32 error bound of ``_resize_bilinear``: per axis, the inputs' bounds interpolated, the
+    rounding of ``a + (b - a)·t``, and the error of the weight ``t`` itself, which float32 computes from
+    a coordinate as large as the input size (``γ_3·size``), times ``|b - a| <= |a| + |b|``."""
+    for axis, new in ((1, size[0]), (2, size[1])):
+        old = magnitude.shape[axis]
+        lo, hi, lerp = _bilinear_taps(old, new)
+        shape = [1] * magnitude.ndim
+        shape[axis] = new
+        t = lerp.reshape(shape)
+        ra, rb = np.take(magnitude, lo, axis=axis), np.take(magnitude, hi, axis=axis)
+        ba, bb = np.take(bound, lo, axis=axis), np.take(bound, hi, axis=axis)
+        bound = ba + (bb - ba) * t + (gamma(3) * old + gamma(4)) * (ra + rb)
+        magnitude = ra + (rb - ra) * t
+    return bound
 
 
 # --- how far float32 can be from exact ---------------------------------------------------------
@@ -409,9 +431,8 @@ def float32_bound(node: Node, inputs: list[Value], grid: Grid | None) -> np.ndar
         scale, offset = abs(float(node.attrs["scale"])), abs(float(node.attrs["offset"]))
         exact = grid is not None and v.f is not None  # a power-of-two scale of codes
         result = scale * b + (0.0 if exact else gamma(2) * (r * scale + offset))
-    elif op == "resize":  # non-negative interpolation weights summing to 1
-        size = node.attrs["size"]
-        result = _resize_bilinear(b, size) + gamma(4) * _resize_bilinear(r, size)
+    elif op == "resize":
+        result = _resize_bound(r, b, node.attrs["size"])
     elif op == "avgpool":
         pool = node.attrs["pool_size"]
         result = _pool(b, node, "avg") + gamma(int(pool[0]) * int(pool[1]) + 1) * _pool(r, node, "avg")
@@ -425,7 +446,7 @@ def float32_bound(node: Node, inputs: list[Value], grid: Grid | None) -> np.ndar
 
 def _weighted_bound(node: Node, v: Value) -> np.ndarray:
     """``Σ|w|·((1 + γ)·δx + γ·|x|) + γ·|bias|`` with ``γ = γ_{n+1}`` (n: the fan-in): the input's own
-    error carried through the weights, and the float32 sum of n products and the bias (Higham eq. 3.5).
+    error carried through the weights, and the float32 sum of n products and the bias (Higham §3.1).
     The activation (ReLU) does not widen it."""
     g = gamma(node.fan_in + 1)
     magnitude = Value((1 + g) * _bound_array(v) + g * np.abs(v.real()), None)
