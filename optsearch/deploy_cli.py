@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from optsearch.fixedpoint import Format
+
+if TYPE_CHECKING:  # for annotations only: the verify code is imported when the command runs
+    from optsearch.integer_ref import LayerAgreement
 
 TARGETS = ("hls4ml", "c")
 
@@ -263,7 +266,7 @@ def data_part(dataset: Any, part: str, info: dict[str, Any], result_dir: Path) -
     return chosen
 
 
-def _unexplained(layer: Any) -> str:
+def _unexplained(layer: LayerAgreement) -> str:
     """What float32 rounding does not explain in one quantizer's differing codes (empty: nothing)."""
     if layer.explained:
         return ""

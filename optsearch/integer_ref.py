@@ -415,15 +415,16 @@ def float32_bound(node: Node, inputs: list[Value], grid: Grid | None) -> np.ndar
     if op in ("conv", "depthwise", "separable", "dense"):
         return _weighted_bound(node, inputs[0])
     v = inputs[0]
-    b, r = _bound_array(v), np.abs(v.real())
-    result: np.ndarray
+    b = _bound_array(v)
     if op == "flatten":
-        result = b.reshape(b.shape[0], -1)
-    elif op == "maxpool":
-        result = _pool(b, node, "max")
-    elif op == "global_max":
-        result = b.max(axis=tuple(range(1, b.ndim - 1)))
-    elif op == "batchnorm":  # the scale's own rounding, the multiply, the shift, the add
+        return b.reshape(b.shape[0], -1)
+    if op == "maxpool":
+        return _pool(b, node, "max")
+    if op == "global_max":
+        return np.asarray(b.max(axis=tuple(range(1, b.ndim - 1))))
+    r = np.abs(v.real())  # the magnitudes each operation's own rounding is relative to
+    result: np.ndarray
+    if op == "batchnorm":  # the scale's own rounding, the multiply, the shift, the add
         a = node.arrays
         inv = np.abs(a["gamma"] / np.sqrt(a["variance"] + float(node.attrs["epsilon"])))
         result = inv * b + gamma(4) * (r * inv + np.abs(a["mean"]) * inv + np.abs(a["beta"]))

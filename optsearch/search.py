@@ -310,9 +310,9 @@ class _TensorSearch:
         if self.before is not None:
             count = len(self.decided)
             decided = (
-                f"the {count} tensors decided before it already lose"
-                if count > 1
-                else ("the tensor decided before it already loses")
+                "the tensor decided before it already loses"
+                if count == 1
+                else f"the {count} tensors decided before it already lose"
             )
             message += (
                 f"; {decided} {self.before:.4%}, so an order or allocation that leaves later "

@@ -340,6 +340,13 @@ def held_out_exact(run: PaperRun) -> float | None:
         return None
 
 
+def held_out_exact_loss(run: PaperRun, r: Any) -> float | None:
+    """The exact fixed-point network's loss on the held-out half (eq. 7 against the float model)."""
+    exact = held_out_exact(run)
+    float_acc = r.accuracy["held_out"].float_model
+    return None if exact is None else (float_acc - exact) / float_acc
+
+
 def held_out_verdict(run: PaperRun) -> bool | None:
     """``optsearch verify``'s verdict on the held-out half (the Keras model matches the exact network
     layer by layer), where verified."""
@@ -362,6 +369,12 @@ def load_result(run: PaperRun) -> Any:
 
 def _pct(x: float) -> str:
     return f"{x:.2%}"
+
+
+def memory_vs_8bit(r: Any) -> float:
+    """The memory a run's formats save against the 8-bit baseline (spec §8)."""
+    saving: float = r.savings("uniform8")["memory"]
+    return saving
 
 
 def _duration(seconds: float) -> str:
@@ -424,7 +437,7 @@ def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[
         return f"{min(values):.1%}-{max(values):.1%} (mean {sum(values) / len(values):.1%})"
 
     losses = [r.accuracy["search"].quantized_loss for _, r in done]
-    memory8 = [r.savings("uniform8")["memory"] for _, r in done]
+    memory8 = [memory_vs_8bit(r) for _, r in done]
     multiply8 = [r.savings("uniform8")["multiply_cost"] for _, r in done]
     memory32 = [r.savings("float32")["memory"] for _, r in done]
     lines = [
@@ -438,7 +451,7 @@ def paper_comparison(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[
         f"{PAPER['memory_vs_float32']}.",
     ]
     for run, r in done:
-        if not PAPER_MEMORY_RANGE[0] <= r.savings("uniform8")["memory"] <= PAPER_MEMORY_RANGE[1]:
+        if not PAPER_MEMORY_RANGE[0] <= memory_vs_8bit(r) <= PAPER_MEMORY_RANGE[1]:
             lines.append(f"- {memory_breakdown(run, r)}")
     for kind in PAPER_EVALUATIONS:
         evals = [(r.evaluations, len(r.formats)) for run, r in done if run.model.startswith(kind)]
@@ -457,7 +470,7 @@ def memory_breakdown(run: PaperRun, r: Any) -> str:
     how much of it the found formats save (spec §8's memory is the sum over W, B, A)."""
     found, base = r.costs["quantized"].memory_bits, r.costs["uniform8"].memory_bits
     total = sum(base.values())
-    saving = r.savings("uniform8")["memory"]
+    saving = memory_vs_8bit(r)
     where = (
         f"below the paper's lowest, {PAPER_MEMORY_RANGE[0]:.1%}"
         if saving < PAPER_MEMORY_RANGE[0]
@@ -500,15 +513,14 @@ def split_table(runs: Sequence[PaperRun], results: dict[str, Any]) -> list[str]:
             lines.append(_not_run(run, 12))
             continue
         s, h = r.accuracy["search"], r.accuracy["held_out"]
-        exact = held_out_exact(run)
-        exact_cells = (
-            "| | " if exact is None else f"| {_pct(exact)} | {_pct((h.float_model - exact) / h.float_model)} "
-        )
+        exact, exact_loss = held_out_exact(run), held_out_exact_loss(run, r)
+        known = exact is not None and exact_loss is not None
+        exact_cells = f"| {_pct(exact)} | {_pct(exact_loss)} " if known else "| | "
         lines.append(
             f"| {run.model}{_cifar_mark(run)} | {s.samples} | {_pct(s.quantized_loss)} | {h.samples} "
             f"| {_pct(h.float_model)} | {_pct(h.quantized)} | {_pct(h.quantized_loss)} "
             f"| {h.quantized_loss - s.quantized_loss:+.2%} | {_pct(h.uniform8_loss)} "
-            f"| {_pct(r.savings('uniform8')['memory'])} " + exact_cells + "|"
+            f"| {_pct(memory_vs_8bit(r))} " + exact_cells + "|"
         )
     return lines
 
@@ -532,8 +544,7 @@ def split_summary(
         f"- Held-out minus search loss: {min(gaps):+.2%} to {max(gaps):+.2%} "
         f"(mean {sum(gaps) / len(gaps):+.2%}).",
     ]
-    exact = [(run, h, held_out_exact(run)) for run, h in held]
-    exact_losses = [(run, (h.float_model - e) / h.float_model) for run, h, e in exact if e is not None]
+    exact_losses = [(run, loss) for run, r in done if (loss := held_out_exact_loss(run, r)) is not None]
     if exact_losses:
         exact_over = [f"{run.model} {_pct(loss)}" for run, loss in exact_losses if loss > run.eps]
         lines.append(
@@ -550,12 +561,9 @@ def split_summary(
             + (f"; disagreement on {', '.join(failed)}." if failed else ".")
         )
     whole = {run.model: results[run.name] for run in whole_runs if run.name in results}
-
-    def saving(r: Any) -> str:
-        return _pct(r.savings("uniform8")["memory"])
-
     pairs = [
-        f"{run.model} {saving(r)} / {saving(whole[run.model])}{first_difference(run, r, whole[run.model])}"
+        f"{run.model} {_pct(memory_vs_8bit(r))} / {_pct(memory_vs_8bit(whole[run.model]))}"
+        f"{first_difference(run, r, whole[run.model])}"
         for run, r in done
         if run.model in whole
     ]

@@ -22,7 +22,7 @@ from optsearch.cli import cli
 from optsearch.fixedpoint import Format, quantize
 from optsearch.graph import quantized_model, uniform_formats
 from optsearch.integer_ref import Value, compare_logits, quantize_value, round_shift
-from optsearch.netlist import grids, real_inputs
+from optsearch.netlist import FixedArray, Node, grids, real_inputs
 from optsearch.results import FORMATS_SCHEMA
 from optsearch.tensors import TensorId
 
@@ -298,11 +298,24 @@ def test_scores_node_is_the_logits_quantizer(tiny_result: Path) -> None:
 # --- float32's error bound: what explains a differing code ------------------------------------------
 
 
+def _conv_after(
+    source: str,
+    codes: np.ndarray,
+    fmt: Format,
+    out_shape: tuple[int, ...],
+    activation: str = "linear",
+    bias: FixedArray | None = None,
+) -> Node:
+    """A valid-padded Conv2D node reading ``source``, with ``codes`` as its kernel in ``fmt``."""
+    attrs = {"padding": "valid", "activation": activation}
+    return Node(
+        "c", "conv", (source,), "Conv2D", out_shape, attrs, weights=(FixedArray(codes, fmt),), bias=bias
+    )
+
+
 def test_float32_bound_covers_keras_float32_batchnorm_then_conv() -> None:
     """BatchNorm then a 3x3x64 conv, as Keras computes them in float32, stay within the propagated
     bound of the exact values everywhere; and the bound is tight enough to mean something."""
-    from optsearch.netlist import FixedArray, Node
-
     rng = np.random.default_rng(5)
     x32 = (rng.normal(0, 3, size=(4, 9, 9, 64)) + 1).astype(np.float32)
     arrays = {
@@ -312,17 +325,9 @@ def test_float32_bound_covers_keras_float32_batchnorm_then_conv() -> None:
         "variance": rng.uniform(0.5, 9, 64).astype(np.float32),
     }
     bn = Node("bn", "batchnorm", ("x",), "BatchNormalization", (9, 9, 64), {"epsilon": 1e-3}, arrays=arrays)
-    w_fmt, b_fmt = Format(8, 9), Format(8, 5)
-    conv = Node(
-        "c",
-        "conv",
-        ("bn",),
-        "Conv2D",
-        (7, 7, 16),
-        {"padding": "valid", "activation": "relu"},
-        weights=(FixedArray(rng.integers(-127, 128, (3, 3, 64, 16)), w_fmt),),
-        bias=FixedArray(rng.integers(-127, 128, 16), b_fmt),
-    )
+    kernel_codes = rng.integers(-127, 128, (3, 3, 64, 16))
+    bias = FixedArray(rng.integers(-127, 128, 16), Format(8, 5))
+    conv = _conv_after("bn", kernel_codes, Format(8, 9), (7, 7, 16), activation="relu", bias=bias)
     x = Value(x32.astype(np.float64), None)
     normed = Value(integer_ref._batchnorm(bn, x.data), None, integer_ref.float32_bound(bn, [x], None))
     exact = integer_ref._weighted(conv, normed, None).data
@@ -376,20 +381,10 @@ def test_gamma_is_highams() -> None:
 def test_float32_bound_covers_keras_float32_resize_then_conv() -> None:
     """A bilinear resize (28 -> 96, as the branched zoo models' stem reads) then a conv, as Keras
     computes them in float32 on MNIST-like images (mostly zeros): within the propagated bound."""
-    from optsearch.netlist import FixedArray, Node
-
     rng = np.random.default_rng(7)
     x32 = np.where(rng.random((4, 28, 28, 1)) < 0.7, 0, rng.random((4, 28, 28, 1))).astype(np.float32)
     resize = Node("r", "resize", ("x",), "Resizing", (96, 96, 1), {"size": (96, 96)})
-    conv = Node(
-        "c",
-        "conv",
-        ("r",),
-        "Conv2D",
-        (94, 94, 8),
-        {"padding": "valid", "activation": "linear"},
-        weights=(FixedArray(rng.integers(-127, 128, (3, 3, 1, 8)), Format(8, 7)),),
-    )
+    conv = _conv_after("r", rng.integers(-127, 128, (3, 3, 1, 8)), Format(8, 7), (94, 94, 8))
     x = Value(x32.astype(np.float64), None)
     resized = Value(
         integer_ref._resize_bilinear(x.data, (96, 96)), None, integer_ref.float32_bound(resize, [x], None)
