@@ -1,5 +1,5 @@
 """``python -m optsearch``: the same as the ``optsearch`` command."""
 
-from optsearch.cli import main
+from optsearch.cli.main import main
 
 main()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from optsearch.errors import DataError
+from optsearch.core.errors import DataError
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10", "svhn")
 SPLITS = ("train", "test")

@@ -63,9 +63,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
     from optsearch.data import Preprocess, load_data
-    from optsearch.graph import quantized_model, uniform_formats
-    from optsearch.keras_evaluator import activation_ranges
-    from optsearch.loading import load_model
+    from optsearch.evaluate.keras import activation_ranges
+    from optsearch.model.graph import quantized_model, uniform_formats
+    from optsearch.model.loading import load_model
 
     model = load_model(MODEL)
     qmodel = quantized_model(model)

@@ -7,7 +7,7 @@ defaults, ``SearchSettings()``, eps 0.01) and writes ``docs/benchmarks.md`` and 
 - ``inplace`` ``KerasEvaluator(fragile_first=False)``: one model, formats changed in place, early
   rejection in data order.
 - ``keras``   ``KerasEvaluator``: as ``inplace``, samples most likely to flip first.
-- ``engine``  ``optsearch.engine.CachedEvaluator`` (prefix cache, memo), when that module exists.
+- ``engine``  ``optsearch.evaluate.engine.CachedEvaluator`` (prefix cache, memo), when that module exists.
 
 Ablations, each the engine with one technique taken away (what that technique contributes):
 ``engine-nomemo`` (no memo by content), ``engine-nocache`` (prefix recomputed for every
@@ -125,12 +125,12 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
     from optsearch.data import Preprocess, batches, fit_channel_axis, load_data, split, validate
-    from optsearch.graph import quantized_model
-    from optsearch.inputs import num_classes
-    from optsearch.keras_evaluator import KerasEvaluator, activation_ranges
-    from optsearch.loading import load_model
-    from optsearch.naive_evaluator import NaiveEvaluator
-    from optsearch.search import SearchSettings, opt_search, search_plan
+    from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
+    from optsearch.evaluate.naive import NaiveEvaluator
+    from optsearch.model.graph import quantized_model
+    from optsearch.model.loading import load_model
+    from optsearch.run.inputs import num_classes
+    from optsearch.search.opt_search import SearchSettings, opt_search, search_plan
 
     tf.get_logger().setLevel("ERROR")  # the naive evaluator retraces on purpose; no warning per call
     name = args.only
@@ -170,7 +170,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     elif name == "keras":
         evaluator = KerasEvaluator(qmodel, search, preprocess, args.batch_size)
     else:
-        from optsearch.engine import CachedEvaluator
+        from optsearch.evaluate.engine import CachedEvaluator
 
         evaluator = CachedEvaluator(
             qmodel,

@@ -42,12 +42,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from optsearch import integer_ref
 from optsearch.data import Preprocess, fit_channel_axis, load_data
-from optsearch.deploy_keras import folded_batchnorms, load_result, predict_batches, probe
-from optsearch.export_hls4ml import ap_fixed, export, write_files
-from optsearch.loading import load_model
-from optsearch.outdir import FOLDED_MODEL_FILE
+from optsearch.deploy import integer_ref
+from optsearch.deploy.export_hls4ml import ap_fixed, export, write_files
+from optsearch.model.loading import load_model
+from optsearch.run.deployed import folded_batchnorms, load_result, predict_batches, probe
+from optsearch.run.outdir import FOLDED_MODEL_FILE
 
 
 def _load_helper(path: Path) -> Any:

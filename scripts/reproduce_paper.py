@@ -1,6 +1,6 @@
 """Reproduce the paper's results (spec §9) on the model zoo and write ``docs/results.md``.
 
-Every run is an ordinary ``optsearch run`` (``optsearch.runner.run``) with the settings below. A
+Every run is an ordinary ``optsearch run`` (``optsearch.run.runner.run``) with the settings below. A
 finished run's outputs (formats.json, formats.csv, report.md, plots; not the quantized model) are
 copied to ``docs/paper/<run>/`` with the run's definition in ``run.json``; a run whose copy exists
 with the same definition is skipped, and a run that was interrupted resumes from its work folder
@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from optsearch.search import SearchError  # no TensorFlow: --list and --render-only stay fast
+from optsearch.search.opt_search import SearchError  # no TensorFlow: --list and --render-only stay fast
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -147,17 +147,17 @@ def plan() -> list[PaperRun]:
 
 def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
     """The ``RunRequest`` of ``run`` (imports TensorFlow)."""
-    from optsearch.allocation import (
+    from optsearch.core.allocation import (
         PAPER_ALLOCATION,
         Allocation,
         constant_allocation,
         uniform_allocation,
     )
-    from optsearch.batch import resume_differences
-    from optsearch.inputs import DataSettings
-    from optsearch.outdir import partial_dir
-    from optsearch.runner import RunRequest
-    from optsearch.search import DEPENDENT_BW0, INDEPENDENT_BW0, SearchSettings
+    from optsearch.run.batch import resume_differences
+    from optsearch.run.inputs import DataSettings
+    from optsearch.run.outdir import partial_dir
+    from optsearch.run.runner import RunRequest
+    from optsearch.search.opt_search import DEPENDENT_BW0, INDEPENDENT_BW0, SearchSettings
 
     if run.independent:
         allocation = constant_allocation(1.0)
@@ -265,9 +265,9 @@ class LoadMeter:
 
 
 def execute(run: PaperRun, data_dir: str, log: Callable[[str], None]) -> None:
-    """Run ``run`` with ``optsearch.runner.run`` and keep its small outputs in ``docs/paper/``, with
+    """Run ``run`` with ``optsearch.run.runner.run`` and keep its small outputs in ``docs/paper/``, with
     its wall and CPU seconds and the machine's mean load in ``timing.json``."""
-    from optsearch.runner import run as run_search
+    from optsearch.run.runner import run as run_search
 
     work = WORK_DIR / run.name
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -360,7 +360,7 @@ def held_out_verdict(run: PaperRun) -> bool | None:
 
 def load_result(run: PaperRun) -> Any:
     """The ``RunResult`` of a finished run, or None."""
-    from optsearch.results import RunResult
+    from optsearch.results.result import RunResult
 
     if not is_done(run):
         return None

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optsearch.allocation import PAPER_ALLOCATION, SCHEMES, Allocation, uniform_allocation
+from optsearch.core.allocation import PAPER_ALLOCATION, SCHEMES, Allocation, uniform_allocation
 
 
 @pytest.mark.parametrize(

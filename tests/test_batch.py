@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-import optsearch.batch
-import optsearch.runner
-from optsearch.batch import job_name, plan
-from optsearch.cli import cli
-from optsearch.config import ConfigError, check_batch_document
-from optsearch.yamlfile import parse_yaml
+import optsearch.run.batch
+import optsearch.run.runner
+from optsearch.cli.main import cli
+from optsearch.config.schema import ConfigError, check_batch_document
+from optsearch.config.yamlfile import parse_yaml
+from optsearch.run.batch import job_name, plan
 
 
 def _run(*args: object) -> Result:
@@ -130,7 +130,7 @@ def test_batch_runs_summarises_and_resumes(
 
     # A rerun runs nothing that is finished; the failing job fails again, clearly.
     calls: list[str] = []
-    monkeypatch.setattr(optsearch.batch, "execute", lambda job, *a, **k: calls.append(job.name))
+    monkeypatch.setattr(optsearch.run.batch, "execute", lambda job, *a, **k: calls.append(job.name))
     result = _run("batch", config)
     assert result.exit_code == 1 and calls == []
     assert "[1/3] model-eps0.02: up to date" in result.output
@@ -189,7 +189,7 @@ def test_an_interrupted_batch_leaves_no_half_folder_and_a_rerun_finishes_it(
     zoo: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, root = zoo
-    real_search = optsearch.runner.opt_search
+    real_search = optsearch.run.runner.opt_search
     searches: list[int] = []
 
     def interrupt_the_second(*args: Any, **kwargs: Any) -> Any:
@@ -198,18 +198,20 @@ def test_an_interrupted_batch_leaves_no_half_folder_and_a_rerun_finishes_it(
             raise KeyboardInterrupt
         return real_search(*args, **kwargs)
 
-    monkeypatch.setattr(optsearch.runner, "opt_search", interrupt_the_second)
+    monkeypatch.setattr(optsearch.run.runner, "opt_search", interrupt_the_second)
     result = _run("batch", config, "--only", "model-*")
     assert result.exit_code == 130 and "interrupted" in result.output
     assert sorted(p.name for p in root.iterdir()) == ["model-eps0.02", "summary.csv", "summary.md"]
     rows = _summary(root)
     assert rows["model-eps0.02"]["status"] == "done" and rows["model-eps0.05"]["status"] == "not run"
     assert "interrupted; rerun the batch to finish it" in rows["model-eps0.05"]["message"]
-    monkeypatch.setattr(optsearch.runner, "opt_search", real_search)
+    monkeypatch.setattr(optsearch.run.runner, "opt_search", real_search)
     ran: list[str] = []
-    real_execute = optsearch.batch.execute
+    real_execute = optsearch.run.batch.execute
     monkeypatch.setattr(
-        optsearch.batch, "execute", lambda job, *a, **k: (ran.append(job.name), real_execute(job, *a, **k))[1]
+        optsearch.run.batch,
+        "execute",
+        lambda job, *a, **k: (ran.append(job.name), real_execute(job, *a, **k))[1],
     )
     result = _run("batch", config, "--only", "model-*")
     assert result.exit_code == 0 and ran == ["model-eps0.05"], result.output

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from test_integer_ref import images, make_result_dir, tiny_model
 
-from optsearch import integer_ref
-from optsearch.cli import cli
+from optsearch.cli.main import cli
+from optsearch.deploy import integer_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -37,7 +37,7 @@ def compile_and_run(folder: Path, prefix: str, x: np.ndarray) -> np.ndarray:
 def keras_predictions(result_dir: Path, x: np.ndarray) -> np.ndarray:
     import keras
 
-    import optsearch.quantizer_layer  # noqa: F401
+    import optsearch.model.quantizer_layer  # noqa: F401
 
     model = keras.saving.load_model(result_dir / "quantized.keras", compile=False)
     return np.argmax(model.predict(x, verbose=0), axis=1)
@@ -45,7 +45,7 @@ def keras_predictions(result_dir: Path, x: np.ndarray) -> np.ndarray:
 
 def test_tiny_model_in_c_equals_the_integer_reference(tmp_path: Path) -> None:
     """Integer-only layers (int64 accumulators) and real-input ones (doubles), bit for bit."""
-    from optsearch.deploy_keras import load_result
+    from optsearch.run.deployed import load_result
 
     x = images(64)
     result_dir = make_result_dir(tiny_model(), x, tmp_path / "result", bw=6)
@@ -66,8 +66,8 @@ def test_tiny_model_in_c_equals_the_integer_reference(tmp_path: Path) -> None:
 
 def test_zoo_sequential_model_reproduces_the_predictions(tmp_path: Path) -> None:
     """models/sequential_mnist.keras at uniform 8-bit formats, on shipped images: C = tool's predictions."""
-    from optsearch.deploy_keras import load_result
-    from optsearch.loading import load_model
+    from optsearch.model.loading import load_model
+    from optsearch.run.deployed import load_result
 
     data = np.load(ROOT / "models" / "default_data.npz")
     x = data["x"][:24].astype(np.float32)

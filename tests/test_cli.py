@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import N
 
-from optsearch.cli import cli
+from optsearch.cli.main import cli
 
 
 def _run(*args: object) -> Result:
@@ -49,7 +49,7 @@ def test_evaluate_reports_and_saves_a_model_that_reloads(files: dict[str, Path],
     assert result.exit_code == 0, result.output
     assert "search" in result.output and "held-out" in result.output and "uniform 8-bit" in result.output
     assert saved.exists() and sorted(p.name for p in saved.parent.iterdir()) == ["uniform.keras"]
-    import optsearch.quantizer_layer  # noqa: F401  (registers the layer for loading)
+    import optsearch.model.quantizer_layer  # noqa: F401  (registers the layer for loading)
 
     reloaded = keras.saving.load_model(saved, compile=False, safe_mode=True)
     assert reloaded.get_layer("c1_act_quant").enabled

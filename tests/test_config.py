@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optsearch.cli import cli
-from optsearch.config import (
+from optsearch.cli.main import cli
+from optsearch.config.schema import (
     CHECK_SETTINGS,
     DEFAULTS,
     RUN_SETTINGS,
@@ -30,8 +30,8 @@ from optsearch.config import (
     schema_table,
     search_settings,
 )
-from optsearch.search import INDEPENDENT_BW0, SearchSettings
-from optsearch.yamlfile import Document, parse_yaml
+from optsearch.config.yamlfile import Document, parse_yaml
+from optsearch.search.opt_search import INDEPENDENT_BW0, SearchSettings
 
 
 def _run(*args: object) -> Result:

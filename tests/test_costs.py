@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from optsearch.costs import FLOAT_BITS, network_cost, uniform_bits
-from optsearch.tensors import TensorId, TensorKind
+from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
+from optsearch.core.tensors import TensorId, TensorKind
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optsearch import data
+from optsearch.core.errors import DataError
 from optsearch.data import (
     DATASET_NAMES,
     Dataset,
@@ -26,7 +27,6 @@ from optsearch.data import (
     to_class_indices,
     validate,
 )
-from optsearch.errors import DataError
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from optsearch.cli import cli
-from optsearch.results import TIMING_FIELDS, without_timings
+from optsearch.cli.main import cli
+from optsearch.results.result import TIMING_FIELDS, without_timings
 
 
 def test_two_processes_write_the_same_formats_json(files: dict[str, Path], tmp_path: Path) -> None:

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from optsearch.allocation import Allocation, constant_allocation
+from optsearch.core.allocation import Allocation, constant_allocation
+from optsearch.core.fixedpoint import Format
+from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset
-from optsearch.engine import CachedEvaluator
-from optsearch.fixedpoint import Format
-from optsearch.graph import QuantizedModel, quantized_model
-from optsearch.keras_evaluator import KerasEvaluator, activation_ranges
-from optsearch.search import SearchSettings, opt_search
-from optsearch.tensors import TensorId
+from optsearch.evaluate.engine import CachedEvaluator
+from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
+from optsearch.model.graph import QuantizedModel, quantized_model
+from optsearch.search.opt_search import SearchSettings, opt_search
 
 L = keras.layers
 N = 240

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from test_integer_ref import images, make_result_dir, tiny_model
 
-from optsearch import integer_ref
-from optsearch.cli import cli
-from optsearch.export_hls4ml import ap_fixed, export
-from optsearch.fixedpoint import Format
-from optsearch.netlist import accumulator, grids
+from optsearch.cli.main import cli
+from optsearch.core.fixedpoint import Format
+from optsearch.deploy import integer_ref
+from optsearch.deploy.export_hls4ml import ap_fixed, export
+from optsearch.deploy.netlist import accumulator, grids
 
 L = keras.layers
 TARGETS = {
@@ -33,7 +33,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(tiny: Path) -> object:
-    from optsearch.deploy_keras import load_result
+    from optsearch.run.deployed import load_result
 
     return load_result(tiny)
 
@@ -71,7 +71,7 @@ def test_hls4ml_precisions_are_the_formats(loaded: object) -> None:
 
 
 def _t(layer: str, kind: str) -> object:
-    from optsearch.tensors import TensorId
+    from optsearch.core.tensors import TensorId
 
     return TensorId(layer, kind)  # type: ignore[arg-type]
 
@@ -135,7 +135,7 @@ def test_separable_conv_is_refused_by_name(tmp_path: Path) -> None:
     result = make_result_dir(keras.Model(inputs, outputs), images(8), tmp_path / "r")
     out = CliRunner().invoke(cli, ["export", str(result), "--to", "hls4ml"])
     assert out.exit_code == 2 and "layer 'sep' (SeparableConv2D)" in out.output and "separable" in out.output
-    from optsearch.deploy_keras import load_result, verify
+    from optsearch.run.deployed import load_result, verify
 
     loaded = load_result(result)  # the integer reference does compute it
     assert verify(loaded, images(8), 8).layers_explained
@@ -164,7 +164,7 @@ def test_pruned_tensors_have_a_one_bit_type() -> None:
 def test_hls4ml_csim_matches_the_integer_reference(tiny: Path, tmp_path: Path) -> None:
     """hls4ml's C simulation of the exported configuration against the integer reference (slow)."""
     hls4ml = pytest.importorskip("hls4ml")
-    from optsearch.deploy_keras import load_result
+    from optsearch.run.deployed import load_result
 
     loaded = load_result(tiny)
     exported = export(loaded.netlist)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optsearch.fixedpoint import (
+from optsearch.core.fixedpoint import (
     Format,
     initial_offset,
     largest_magnitude,

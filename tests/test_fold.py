@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from test_export import exported_helper
 
-from optsearch.cli import cli
-from optsearch.graph import fold_batchnorm, quantized_model
-from optsearch.zoo import build
+from optsearch.cli.main import cli
+from optsearch.model.graph import fold_batchnorm, quantized_model
+from optsearch.model.zoo import build
 
 L = keras.layers
 
@@ -194,7 +194,7 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
     assert before["search"] == data["accuracy"]["search"]["float_model"]  # an exact fold: same accuracy
     report = (out / "report.md").read_text()
     assert "## BatchNorm folding (--fold-bn exact)" in report and "| bn1 | forward | out | yes |" in report
-    import optsearch.quantizer_layer  # noqa: F401  (registers the quantizer for loading)
+    import optsearch.model.quantizer_layer  # noqa: F401  (registers the quantizer for loading)
 
     saved = keras.saving.load_model(out / "quantized.keras", compile=False)
     assert not [layer for layer in saved.layers if isinstance(layer, L.BatchNormalization)]

@@ -10,9 +10,17 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from optsearch.cli import EXIT_REGRESSION, EXIT_USER_ERROR, cli
-from optsearch.gate import GateError, Limits, compare, junit_xml, outcome_cases, read_snapshot, snapshot
-from optsearch.results import Accuracy, Costs, LayerResult, RunResult, TensorResult
+from optsearch.cli.main import EXIT_REGRESSION, EXIT_USER_ERROR, cli
+from optsearch.results.gate import (
+    GateError,
+    Limits,
+    compare,
+    junit_xml,
+    outcome_cases,
+    read_snapshot,
+    snapshot,
+)
+from optsearch.results.result import Accuracy, Costs, LayerResult, RunResult, TensorResult
 
 SIZES = {"c1": (36, 4, 144, 1296), "out": (432, 3, 3, 432)}
 """weights, biases, activations per sample, MACs of the two layers."""

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from optsearch.errors import ModelError
-from optsearch.fixedpoint import Format, quantize
-from optsearch.graph import QUANTIZER_SUFFIX, find_quantizable_layers, quantized_model
-from optsearch.quantizer_layer import FixedPointQuantizer
-from optsearch.tensors import TensorId
+from optsearch.core.errors import ModelError
+from optsearch.core.fixedpoint import Format, quantize
+from optsearch.core.tensors import TensorId
+from optsearch.model.graph import QUANTIZER_SUFFIX, find_quantizable_layers, quantized_model
+from optsearch.model.quantizer_layer import FixedPointQuantizer
 
 L = keras.layers
 

@@ -1,4 +1,4 @@
-"""The integer reference (optsearch.integer_ref) against the Keras quantized model, and `optsearch verify`.
+"""The integer reference (deploy.integer_ref) against the Keras quantized model, and `optsearch verify`.
 
 Result folders are written directly (quantized.keras + a minimal formats.json) from uniform formats,
 so no search runs here. ``make_result_dir`` and ``tiny_model`` are shared with test_export.py and
@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optsearch import integer_ref
-from optsearch.cli import cli
-from optsearch.fixedpoint import Format, quantize
-from optsearch.graph import quantized_model, uniform_formats
-from optsearch.integer_ref import Value, compare_logits, quantize_value, round_shift
-from optsearch.netlist import FixedArray, Node, grids, real_inputs
-from optsearch.results import FORMATS_SCHEMA
-from optsearch.tensors import TensorId
+from optsearch.cli.main import cli
+from optsearch.core.fixedpoint import Format, quantize
+from optsearch.core.tensors import TensorId
+from optsearch.deploy import integer_ref
+from optsearch.deploy.integer_ref import Value, compare_logits, quantize_value, round_shift
+from optsearch.deploy.netlist import FixedArray, Node, grids, real_inputs
+from optsearch.model.graph import quantized_model, uniform_formats
+from optsearch.results.result import FORMATS_SCHEMA
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_quantizing_codes_equals_quantizing_values(codes: list[int], f_in: int, 
 
 
 def test_tiny_model_integer_layers_are_bit_exact(tiny_result: Path) -> None:
-    from optsearch.deploy_keras import load_result, verify
+    from optsearch.run.deployed import load_result, verify
 
     result = load_result(tiny_result)
     static = grids(result.netlist)
@@ -172,8 +172,8 @@ def test_tiny_model_integer_layers_are_bit_exact(tiny_result: Path) -> None:
 
 def test_branched_zoo_model_with_random_weights(tmp_path: Path) -> None:
     """The Inception-style model (concat of four branches, bilinear resize, global average)."""
-    from optsearch import zoo
-    from optsearch.deploy_keras import load_result, verify
+    from optsearch.model import zoo
+    from optsearch.run.deployed import load_result, verify
 
     keras.utils.set_random_seed(3)
     model = zoo.build("branched")
@@ -288,7 +288,7 @@ def test_layers_without_a_reference_are_named(tmp_path: Path) -> None:
 
 
 def test_scores_node_is_the_logits_quantizer(tiny_result: Path) -> None:
-    from optsearch.deploy_keras import load_result
+    from optsearch.run.deployed import load_result
 
     netlist = load_result(tiny_result).netlist
     assert integer_ref.scores_node(netlist) == "out_act_quant"
@@ -366,7 +366,7 @@ def test_a_difference_float32_cannot_explain_is_flagged() -> None:
     loose = integer_ref.layer_agreement("q", reference, model, Value(pre, None, 0.31 / 16), fmt)
     assert (loose.beyond_bound, loose.explained) == (0, True)
     assert tight.merge(loose).beyond_bound == 1
-    from optsearch.deploy_cli import _unexplained
+    from optsearch.cli.deploy import _unexplained
 
     assert _unexplained(loose) == ""
     assert "1 lie farther from a rounding boundary than float32" in _unexplained(tight)

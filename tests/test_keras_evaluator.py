@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from optsearch.core.errors import DataError
+from optsearch.core.fixedpoint import Format, quantize
+from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
-from optsearch.errors import DataError
-from optsearch.evaluator import candidate_formats, eval_acc_loss, relative_loss
-from optsearch.fixedpoint import Format, quantize
-from optsearch.graph import quantized_model
-from optsearch.keras_evaluator import KerasEvaluator, activation_ranges, chunk_bounds
-from optsearch.tensors import TensorId
+from optsearch.evaluate.keras import KerasEvaluator, activation_ranges, chunk_bounds
+from optsearch.model.graph import quantized_model
+from optsearch.search.evaluator import candidate_formats, eval_acc_loss, relative_loss
 
 CLASSES = 4
 W, B, A = TensorId("d", "W"), TensorId("d", "B"), TensorId("d", "A")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from legacy_h5 import INPUT_SHAPE, write_keras22_sequential_h5
 
-from optsearch.errors import ModelError
-from optsearch.loading import load_model
+from optsearch.core.errors import ModelError
+from optsearch.model.loading import load_model
 
 
 def _inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 
+from optsearch.core.fixedpoint import Format
+from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
-from optsearch.fixedpoint import Format
-from optsearch.graph import QuantizedModel, quantized_model
-from optsearch.keras_evaluator import KerasEvaluator, activation_ranges
-from optsearch.naive_evaluator import NaiveEvaluator
-from optsearch.search import SearchSettings, opt_search
-from optsearch.tensors import TensorId
+from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
+from optsearch.evaluate.naive import NaiveEvaluator
+from optsearch.model.graph import QuantizedModel, quantized_model
+from optsearch.search.opt_search import SearchSettings, opt_search
 
 L = keras.layers
 N = 200

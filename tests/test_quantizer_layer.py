@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from optsearch.fixedpoint import Format, quantize
-from optsearch.quantizer_layer import FixedPointQuantizer
+from optsearch.core.fixedpoint import Format, quantize
+from optsearch.model.quantizer_layer import FixedPointQuantizer
 
 values = arrays(
     np.float32,

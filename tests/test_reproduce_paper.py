@@ -166,7 +166,7 @@ def test_a_failed_search_is_kept_as_a_result(tmp_path: Path, monkeypatch: pytest
 def test_budgets_reach_the_search_and_old_definitions_still_match(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from optsearch.allocation import PAPER_ALLOCATION, Allocation
+    from optsearch.core.allocation import PAPER_ALLOCATION, Allocation
 
     script = _script(tmp_path, monkeypatch)
     runs = {r.name: r for r in script.plan()}

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-import optsearch.runner
-from optsearch.cli import cli
-from optsearch.results import without_timings
-from optsearch.resume import DECISIONS_FILE, LOG_FILE, read_lines
+import optsearch.run.runner
+from optsearch.cli.main import cli
+from optsearch.results.result import without_timings
+from optsearch.run.resume import DECISIONS_FILE, LOG_FILE, read_lines
 
 L = keras.layers
 TENSORS = 9
@@ -180,7 +180,7 @@ def test_resume_refuses_other_settings_and_nothing_to_resume(job: dict[str, Any]
 def test_ctrl_c_in_process_keeps_the_work_folder_and_overwrite_discards_it(
     files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_search = optsearch.runner.opt_search
+    real_search = optsearch.run.runner.opt_search
 
     def interrupt_after_two(*args: Any, **kwargs: Any) -> Any:
         decisions: list[object] = []
@@ -194,7 +194,7 @@ def test_ctrl_c_in_process_keeps_the_work_folder_and_overwrite_discards_it(
 
         return real_search(*args, **{**kwargs, "on_decision": on_decision})
 
-    monkeypatch.setattr(optsearch.runner, "opt_search", interrupt_after_two)
+    monkeypatch.setattr(optsearch.run.runner, "opt_search", interrupt_after_two)
     out = tmp_path / "out"
     base = ["run", files["model"], "--data", files["data"], "--eps", "0.02"]
     result = _run(*base, "--out", out)
@@ -202,7 +202,7 @@ def test_ctrl_c_in_process_keeps_the_work_folder_and_overwrite_discards_it(
     lines = [line for line in result.output.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and "interrupted after 2 of 6 tensors; resume with: optsearch run" in lines[0]
     assert not out.exists() and (tmp_path / "out.partial").is_dir()
-    monkeypatch.setattr(optsearch.runner, "opt_search", real_search)
+    monkeypatch.setattr(optsearch.run.runner, "opt_search", real_search)
 
     other = _run(*base, "--out", out, "--resume", "--seed", "3")
     assert other.exit_code == 2 and "data.seed 0 in the interrupted run, 3 now" in other.output
@@ -219,7 +219,7 @@ def test_an_interrupted_batch_job_resumes(
         f"out: {tmp_path / 'runs'}\ndefaults:\n  data: {files['data']}\njobs:\n"
         f"  - model: {files['model']}\n    eps: 0.02\n"
     )
-    real_search = optsearch.runner.opt_search
+    real_search = optsearch.run.runner.opt_search
 
     def interrupt_after_three(*args: Any, **kwargs: Any) -> Any:
         inner, count = kwargs["on_decision"], [0]
@@ -232,10 +232,10 @@ def test_an_interrupted_batch_job_resumes(
 
         return real_search(*args, **{**kwargs, "on_decision": on_decision})
 
-    monkeypatch.setattr(optsearch.runner, "opt_search", interrupt_after_three)
+    monkeypatch.setattr(optsearch.run.runner, "opt_search", interrupt_after_three)
     assert _run("batch", config).exit_code == 130
     assert (tmp_path / "runs" / "model.partial").is_dir()
-    monkeypatch.setattr(optsearch.runner, "opt_search", real_search)
+    monkeypatch.setattr(optsearch.run.runner, "opt_search", real_search)
     dry = _run("batch", config, "--dry-run")
     assert "resumes the interrupted run" in dry.output
     result = _run("batch", config)

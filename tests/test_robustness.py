@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from optsearch.cli import cli
+from optsearch.cli.main import cli
+from optsearch.core.fixedpoint import Format
+from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset
-from optsearch.engine import CachedEvaluator
-from optsearch.fixedpoint import Format
-from optsearch.graph import quantized_model
-from optsearch.keras_evaluator import KerasEvaluator
-from optsearch.tensors import TensorId
+from optsearch.evaluate.engine import CachedEvaluator
+from optsearch.evaluate.keras import KerasEvaluator
+from optsearch.model.graph import quantized_model
 
 L = keras.layers
 DOC = Path(__file__).resolve().parents[1] / "docs" / "robustness.md"

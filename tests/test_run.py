@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from optsearch.cli import cli
-from optsearch.report import summary_lines
-from optsearch.results import RunResult
+from optsearch.cli.main import cli
+from optsearch.render.report import summary_lines
+from optsearch.results.result import RunResult
 
 
 def _run(*args: object) -> Result:
@@ -91,7 +91,7 @@ def test_report_mentions_every_layer_and_both_baselines(finished: Path) -> None:
 def test_quantized_model_reloads_in_safe_mode_with_the_reported_accuracy(
     finished: Path, files: dict[str, Path]
 ) -> None:
-    import optsearch.quantizer_layer  # noqa: F401  (registers the quantizer layer)
+    import optsearch.model.quantizer_layer  # noqa: F401  (registers the quantizer layer)
     from optsearch.data import load_npz, split
 
     model = keras.saving.load_model(finished / "quantized.keras", compile=False, safe_mode=True)

@@ -8,17 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optsearch.allocation import Allocation, constant_allocation
-from optsearch.evaluator import Evaluation
-from optsearch.fixedpoint import Format
-from optsearch.search import (
+from optsearch.core.allocation import Allocation, constant_allocation
+from optsearch.core.fixedpoint import Format
+from optsearch.core.tensors import TensorId
+from optsearch.search.evaluator import Evaluation
+from optsearch.search.opt_search import (
     EvaluationRecord,
     SearchError,
     SearchSettings,
     opt_search,
     search_plan,
 )
-from optsearch.tensors import TensorId
 
 T = TensorId("conv", "W")
 REJECT = 1.0

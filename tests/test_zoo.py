@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from optsearch import zoo
-from optsearch.graph import QUANTIZER_SUFFIX, find_quantizable_layers, quantized_model
+from optsearch.model import zoo
+from optsearch.model.graph import QUANTIZER_SUFFIX, find_quantizable_layers, quantized_model
 
 
 def _trainable(model: keras.Model) -> int:

@@ -1,0 +1,248 @@
+"""Evaluating a quantized Keras model on labelled data (spec §4-§5): top-1 accuracy and the loss.
+
+The model is built once; each evaluation changes formats in place (``QuantizedModel.set_formats``)
+and runs one compiled forward function over the data in batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from optsearch.core.errors import DataError
+from optsearch.core.fixedpoint import Format
+from optsearch.core.tensors import TensorId
+from optsearch.data import Dataset, Preprocess, batches
+from optsearch.model.graph import QuantizedModel
+from optsearch.search.evaluator import Evaluation, relative_loss, settled
+
+DEFAULT_BATCH_SIZE = 500
+
+#: The first chunk of an evaluation is this fraction of the batch size; chunks then double up to
+#: the batch size. A rejected candidate usually fails on the first fragile samples (see bench).
+FIRST_CHUNK_FRACTION = 8
+
+
+def chunk_bounds(total: int, batch_size: int, first: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` sample ranges: ``first`` samples, then doubling up to ``batch_size`` each.
+
+    Early rejection checks the bound after every chunk, so small leading chunks let a candidate
+    that misses the fragile samples stop after a few of them, while accepted candidates (which
+    must see every sample) still run in full batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    size = min(batch_size, first if first is not None else max(1, batch_size // FIRST_CHUNK_FRACTION))
+    bounds, start = [], 0
+    while start < total:
+        stop = min(total, start + size)
+        bounds.append((start, stop))
+        start, size = stop, min(batch_size, 2 * size)
+    return bounds
+
+
+class KerasEvaluator:
+    """Top-1 accuracy of a ``QuantizedModel`` on a search set, and the relative loss of eq. 6.
+
+    Implements the ``Evaluator`` protocol. With ``max_loss`` (or ``must_beat``) set, a candidate stops
+    as soon as even all remaining samples being correct could not bring its loss down to ``max_loss``
+    (below ``must_beat``): the returned loss is then a lower bound (``exact=False``) and the search's
+    decisions are unchanged.
+    With ``fragile_first`` the samples most likely to be missed come first: those the float model
+    already gets wrong, then the rest by the float model's top-1 margin, smallest first. The early
+    bound is ``misses seen - float misses in all``, so these orderings reject in the first batches.
+    Accuracy does not depend on the order.
+    """
+
+    def __init__(
+        self,
+        qmodel: QuantizedModel,
+        data: Dataset,
+        preprocess: Preprocess | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        fragile_first: bool = True,
+        first_chunk: int | None = None,
+    ) -> None:
+        self.qmodel = qmodel
+        self.data = data
+        self.preprocess = preprocess or Preprocess()
+        self.batch_size = batch_size
+        self.chunks = chunk_bounds(len(data), batch_size, first_chunk)
+        self._predict = _compiled_argmax(qmodel)
+        self.evaluations = 0
+        self.samples_run = 0
+        """Samples put through the network by ``evaluate`` (early rejection makes it smaller)."""
+        qmodel.set_formats({})
+        if fragile_first:
+            margins, predicted = self._float_margins(qmodel)
+            order = np.lexsort((margins, predicted == data.y))  # wrong first, then by margin
+            self.data = data.subset(order, "")
+        self.float_predictions = self._predictions()
+        self.float_correct = int(np.sum(self.float_predictions == self.data.y))
+        if self.float_correct == 0:
+            raise DataError(
+                f"the float model classifies no sample of {data.source} correctly: the relative loss is "
+                "undefined; check the labels and the preprocessing (--scale, --resize)"
+            )
+
+    @property
+    def float_accuracy(self) -> float:
+        return self.float_correct / len(self.data)
+
+    @property
+    def samples(self) -> int:
+        return len(self.data)
+
+    def _float_margins(self, qmodel: QuantizedModel) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample: the float model's top-1 minus top-2 output, and its predicted class."""
+        model = qmodel.keras_model
+        margins, predicted = [], []
+        for x, _ in batches(self.data, self.batch_size, self.preprocess):
+            top2 = tf.math.top_k(model(x, training=False), k=2)
+            values = top2.values.numpy()
+            margins.append(values[:, 0] - values[:, 1])
+            predicted.append(top2.indices.numpy()[:, 0])
+        return np.concatenate(margins), np.concatenate(predicted).astype(np.int64)
+
+    def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(float32 x, y)`` for every chunk of ``self.chunks``, in order."""
+        for start, stop in self.chunks:
+            yield self.preprocess(self.data.x[start:stop]), self.data.y[start:stop]
+
+    def _predictions(self) -> np.ndarray:
+        """Predicted classes of the model in its current state, for every sample."""
+        parts = [self._predict(x).numpy() for x, _ in batches(self.data, self.batch_size, self.preprocess)]
+        return np.concatenate(parts).astype(np.int64)
+
+    def predictions(self, formats: Mapping[TensorId, Format]) -> np.ndarray:
+        """Predicted classes with exactly ``formats`` applied (the rest float)."""
+        self.qmodel.set_formats(formats)
+        return self._predictions()
+
+    def accuracy(self, formats: Mapping[TensorId, Format]) -> float:
+        """Top-1 accuracy with exactly ``formats`` applied (the rest float)."""
+        return float(np.mean(self.predictions(formats) == self.data.y))
+
+    def evaluate(
+        self,
+        formats: Mapping[TensorId, Format],
+        *,
+        varying: TensorId | None = None,
+        max_loss: float | None = None,
+        must_beat: float | None = None,
+    ) -> Evaluation:
+        """Quantize exactly ``formats`` and measure ``da`` on the search set (Alg. 1)."""
+        start = time.perf_counter()
+        self.evaluations += 1
+        self.qmodel.set_formats(formats)
+        predicted = ((self._predict(x).numpy(), y) for x, y in self._chunks())
+        return self._count(predicted, max_loss, must_beat, start)
+
+    def _count(
+        self,
+        predicted: Iterator[tuple[np.ndarray, np.ndarray]],
+        max_loss: float | None,
+        must_beat: float | None,
+        start: float,
+    ) -> Evaluation:
+        """The loss from (predicted classes, labels) chunks, stopping once the answer is settled.
+
+        After each chunk: if even every remaining sample being right would leave the loss above
+        ``max_loss`` (or not below ``must_beat``), stop and return that lower bound (``exact=False``).
+        """
+        total = len(self.data)
+        correct = seen = 0
+        for classes, y in predicted:
+            correct += int(np.sum(classes == y))
+            seen += len(y)
+            self.samples_run += len(y)
+            if (max_loss is not None or must_beat is not None) and seen < total:
+                bound = relative_loss(self.float_correct, correct + (total - seen))
+                if settled(bound, max_loss, must_beat):
+                    return Evaluation(bound, correct, seen, False, time.perf_counter() - start)
+        return Evaluation(
+            relative_loss(self.float_correct, correct), correct, seen, True, time.perf_counter() - start
+        )
+
+
+def input_spec(tensors: list[keras.KerasTensor], dtype: tf.DType | None = None) -> list[tf.TensorSpec]:
+    """Signatures with any batch size for Keras symbolic tensors: one trace serves every chunk."""
+    return [tf.TensorSpec((None, *t.shape[1:]), dtype or t.dtype) for t in tensors]
+
+
+#: The class of a sample whose scores are not all finite: never a label, so it counts as wrong.
+NO_CLASS = -1
+
+
+def predicted_classes(scores: tf.Tensor) -> tf.Tensor:
+    """Top-1 classes, ``NO_CLASS`` for a row with a NaN or inf score.
+
+    ``tf.argmax`` skips NaN (an all-NaN row gives class 0), so a candidate format that overflows
+    would count as right on some samples. A non-finite row counts as wrong instead: such a
+    candidate loses accuracy and is rejected, and the run goes on.
+    """
+    classes = tf.argmax(scores, axis=-1)
+    finite = tf.reduce_all(tf.math.is_finite(scores), axis=-1)
+    return tf.where(finite, classes, tf.constant(NO_CLASS, classes.dtype))
+
+
+def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tf.Tensor]:
+    """One traced forward function returning top-1 classes; reused for every format."""
+    model = qmodel.keras_model
+
+    @tf.function(input_signature=input_spec(model.inputs, tf.float32))  # batches are float32
+    def predict(x: tf.Tensor) -> tf.Tensor:
+        return predicted_classes(model(x, training=False))
+
+    return predict
+
+
+def below_chance_warning(accuracy: float, classes: int, part: str) -> str | None:
+    """A warning when the float model is below chance (1 / classes) on the data: wrong preprocessing?"""
+    chance = 1.0 / classes
+    if accuracy >= chance:
+        return None
+    return (
+        f"warning: the float model's accuracy on the {part} is {accuracy:.2%}, below chance "
+        f"({chance:.2%} for {classes} classes): the data are probably not preprocessed as the model "
+        "expects (--scale, --resize, channel order) or the labels do not match; the run goes on"
+    )
+
+
+def activation_ranges(
+    qmodel: QuantizedModel,
+    data: Dataset,
+    preprocess: Preprocess | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, float]:
+    """``Z`` of every ``A_l``: the largest magnitude of the float activations over ``data`` (spec §2)."""
+    previous = qmodel.formats
+    qmodel.set_formats({})
+    probe = qmodel.activation_probe()
+
+    @tf.function(reduce_retracing=True)
+    def maxima(x: tf.Tensor) -> list[tf.Tensor]:
+        outputs = probe(x, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return [tf.reduce_max(tf.abs(out)) for out in outputs]
+
+    ranges = dict.fromkeys((q.name for q in qmodel.layers), 0.0)
+    bad: list[str] = []
+    for x, _ in batches(data, batch_size, preprocess or Preprocess()):
+        for q, value in zip(qmodel.layers, maxima(x), strict=True):
+            z = float(value.numpy())
+            if not math.isfinite(z) and q.name not in bad:  # max() would skip a NaN
+                bad.append(q.name)
+            ranges[q.name] = max(ranges[q.name], z)
+    qmodel.set_formats(previous)
+    if bad:
+        raise DataError(
+            f"the float activations of layer(s) {', '.join(bad)} are not finite on {data.source}; "
+            "check the input scaling (--scale) of the data"
+        )
+    return ranges

@@ -1,0 +1,86 @@
+"""The user's model and data, loaded and checked together before any evaluation runs.
+
+Everything that can be wrong with the input (file, layer, data shape, labels, values) is found
+here and reported as an ``OptsearchError`` naming what to fix, before a single forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from optsearch.core.errors import DataError, ModelError
+from optsearch.core.tensors import ActivationPoint, FoldMode
+from optsearch.data import Dataset, Preprocess, fit_channel_axis, load_data, split, validate
+from optsearch.model.graph import Fold, QuantizedModel, fold_batchnorm, quantized_model
+from optsearch.model.loading import load_model
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the evaluation data come from and how they are prepared and split (spec §4)."""
+
+    spec: str
+    scale: float | None = None
+    resize: tuple[int, int] | None = None
+    search_fraction: float = 0.5
+    seed: int = 0
+    data_dir: str | None = None
+
+
+@dataclass
+class Inputs:
+    """A loaded model with its quantized clone, and the search and held-out sets that fit it."""
+
+    model_path: Path
+    model: keras.Model
+    qmodel: QuantizedModel
+    search: Dataset
+    held_out: Dataset | None
+    preprocess: Preprocess
+    num_classes: int
+    folds: list[Fold] = field(default_factory=list)
+    """What ``--fold-bn`` did with each BatchNorm (``model`` stays the model as given)."""
+
+
+def num_classes(model: keras.Model, path: Path) -> int:
+    """The number of classes: the size of the model's last output axis."""
+    shape = tuple(model.outputs[0].shape)
+    classes = shape[-1] if len(shape) >= 2 else None
+    if classes is None or classes < 2:
+        raise ModelError(
+            f"{path}: the model's output has shape {shape}; optsearch needs one score per class "
+            "(a last axis of size 2 or more, e.g. Dense(10) with or without softmax)"
+        )
+    return int(classes)
+
+
+def prepare(
+    model_path: str | Path,
+    data: DataSettings,
+    *,
+    unsafe_load: bool = False,
+    activation_point: ActivationPoint = "activation",
+    fold_bn: FoldMode = "off",
+) -> Inputs:
+    """Load the model (BatchNorms folded if asked) and its quantized clone; load, check and split the data."""
+    path = Path(model_path)
+    model = load_model(path, unsafe=unsafe_load)
+    try:
+        searched, folds = fold_batchnorm(model, fold_bn)
+        qmodel = quantized_model(searched, activation_point)
+    except ModelError as err:
+        raise ModelError(f"{path}: {err}") from err
+    classes = num_classes(model, path)
+    dataset = load_data(data.spec, data.data_dir)
+    input_shape = tuple(model.inputs[0].shape[1:])
+    try:
+        chosen = Preprocess(scale=data.scale, resize=data.resize)
+    except ValueError as err:  # --scale nan or inf
+        raise DataError(f"{err}; give e.g. --scale 0.00392156862745098 for 1/255") from err
+    preprocess = fit_channel_axis(chosen, tuple(dataset.x.shape[1:]), input_shape)
+    validate(dataset, input_shape=input_shape, num_classes=classes, preprocess=preprocess)
+    search, held_out = split(dataset, data.search_fraction, data.seed)
+    return Inputs(path, model, qmodel, search, held_out, preprocess, classes, folds)
