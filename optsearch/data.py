@@ -3,7 +3,8 @@
 Spec §4: decisions are made on a *search* set and reported on a *held-out* set; the paper's own
 setting (search and report on the whole test set) is the no-split case. Samples stay in their stored
 dtype (often uint8) and become float32 one batch at a time, so a large set never exists as floats.
-Keras is imported only inside the functions that need it, so ``import optsearch.data`` stays light.
+Keras (through ``optsearch.model.keras_io``) is imported only inside the functions that need it, so
+``import optsearch.data`` stays light.
 """
 
 from __future__ import annotations
@@ -244,9 +245,9 @@ def _add_channel_axis(x: np.ndarray) -> np.ndarray:
 
 def _keras_loader(name: str) -> Any:
     """The ``load_data`` function of ``keras.datasets.<name>``, looked up at call time."""
-    import keras  # type: ignore[import-untyped]
+    from optsearch.model.keras_io import dataset_loader
 
-    return getattr(keras.datasets, name).load_data
+    return dataset_loader(name)
 
 
 def _load_from_keras(name: str, split: str, folder: Path | None) -> Dataset:
@@ -280,7 +281,7 @@ def _load_svhn(split: str, folder: Path | None) -> Dataset:
             f"{SVHN_URL} and put it in the folder named by {DATA_DIR_ENV} (or its svhn/ subfolder)"
         )
     try:
-        from scipy.io import loadmat  # type: ignore[import-untyped]
+        from scipy.io import loadmat
     except ImportError as exc:
         raise DataError(f"reading {path} needs scipy; install it with: pip install scipy") from exc
     try:
@@ -364,11 +365,10 @@ class Preprocess:
 
 
 def _resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an NHWC float32 batch to ``size``, via keras.ops (imported here: it is heavy)."""
-    import keras
+    """Bilinear resize of an NHWC float32 batch to ``size``, as the model's own Resizing layer does."""
+    from optsearch.model.keras_io import resize_bilinear  # imported here: Keras is heavy
 
-    resized = keras.ops.image.resize(images, size, interpolation="bilinear", data_format="channels_last")
-    return np.asarray(keras.ops.convert_to_numpy(resized), dtype=np.float32)
+    return resize_bilinear(images, size)
 
 
 def fit_channel_axis(

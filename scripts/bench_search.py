@@ -127,10 +127,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from optsearch.data import Preprocess, batches, fit_channel_axis, load_data, split, validate
     from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
     from optsearch.evaluate.naive import NaiveEvaluator
+    from optsearch.methods.opt_search import SearchSettings, opt_search, search_plan
     from optsearch.model.graph import quantized_model
     from optsearch.model.loading import load_model
     from optsearch.run.inputs import num_classes
-    from optsearch.search.opt_search import SearchSettings, opt_search, search_plan
 
     tf.get_logger().setLevel("ERROR")  # the naive evaluator retraces on purpose; no warning per call
     name = args.only
@@ -152,9 +152,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         [q.tensors() for q in qmodel.layers], settings, args.max_tensors, search_plan
     )
     ranges = activation_ranges(qmodel, search, preprocess, args.batch_size)
-    magnitudes = {
-        t: ranges[t.layer] if t.kind == "A" else qmodel.largest_magnitude(t) for t in qmodel.tensors
-    }
+    magnitudes = qmodel.magnitudes(ranges)
     record.update(
         samples=len(search),
         data_source=search.source,

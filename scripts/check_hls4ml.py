@@ -46,8 +46,9 @@ from optsearch.data import Preprocess, fit_channel_axis, load_data
 from optsearch.deploy import integer_ref
 from optsearch.deploy.export_hls4ml import ap_fixed, export, write_files
 from optsearch.model.loading import load_model
-from optsearch.run.deployed import folded_batchnorms, load_result, predict_batches, probe
-from optsearch.run.outdir import FOLDED_MODEL_FILE
+from optsearch.model.netlist import predict_batches, probe
+from optsearch.results.folder import FOLDED_MODEL_FILE
+from optsearch.run.deployed import load_result
 
 
 def _load_helper(path: Path) -> Any:
@@ -130,12 +131,12 @@ def main() -> int:
     result = load_result(args.result_dir)
     netlist = result.netlist
     exported = export(netlist)
-    folded = folded_batchnorms(result)
+    folded = result.recorded.folded
     files = write_files(exported, args.out / "export", result.name, str(args.result_dir), folded)
     helper = _load_helper(args.out / "export" / files[2])
 
     model_path = args.model or (
-        args.result_dir / FOLDED_MODEL_FILE if folded else Path(result.info["model"]["path"])
+        args.result_dir / FOLDED_MODEL_FILE if folded else Path(str(result.recorded.model_path))
     )
     float_model = load_model(model_path)
     prepared = helper.prepare_model(float_model)
@@ -145,9 +146,9 @@ def main() -> int:
         if node.op == "softmax":
             config["LayerName"][node.name] = {"Skip": True}
 
-    data_spec = args.data or result.info["data"]["spec"]
+    data_spec = args.data or result.recorded.data["spec"]
     dataset = load_data(data_spec)
-    info = result.info.get("data", {})
+    info = result.recorded.data
     preprocess = fit_channel_axis(
         Preprocess(scale=info.get("scale"), resize=tuple(info["resize"]) if info.get("resize") else None),
         tuple(dataset.x.shape[1:]),

@@ -1,6 +1,6 @@
 """Reproduce the paper's results (spec §9) on the model zoo and write ``docs/results.md``.
 
-Every run is an ordinary ``optsearch run`` (``optsearch.run.runner.run``) with the settings below. A
+Every run is an ordinary ``optsearch run`` (``optsearch.search``) with the settings below. A
 finished run's outputs (formats.json, formats.csv, report.md, plots; not the quantized model) are
 copied to ``docs/paper/<run>/`` with the run's definition in ``run.json``; a run whose copy exists
 with the same definition is skipped, and a run that was interrupted resumes from its work folder
@@ -39,12 +39,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from optsearch.search.opt_search import SearchError  # no TensorFlow: --list and --render-only stay fast
+from optsearch.methods.opt_search import SearchError  # no TensorFlow: --list and --render-only stay fast
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -146,40 +146,23 @@ def plan() -> list[PaperRun]:
 
 
 def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
-    """The ``RunRequest`` of ``run`` (imports TensorFlow)."""
-    from optsearch.core.allocation import (
-        PAPER_ALLOCATION,
-        Allocation,
-        constant_allocation,
-        uniform_allocation,
-    )
-    from optsearch.run.batch import resume_differences
-    from optsearch.run.inputs import DataSettings
-    from optsearch.run.outdir import partial_dir
-    from optsearch.run.runner import RunRequest
-    from optsearch.search.opt_search import DEPENDENT_BW0, INDEPENDENT_BW0, SearchSettings
+    """The ``RunSettings`` of ``run``, built from the names ``optsearch run`` takes (imports no
+    TensorFlow). ``out`` is where it will run (unused here; kept for the callers)."""
+    import optsearch
 
-    if run.independent:
-        allocation = constant_allocation(1.0)
-    elif run.allocation == "paper":
-        allocation = dict(PAPER_ALLOCATION)
-    else:
-        allocation = uniform_allocation(run.allocation)  # type: ignore[arg-type]
-    for kind, scheme, start, end in run.budgets:
-        allocation[kind] = Allocation(scheme, start, end)  # type: ignore[arg-type, index]
-    settings = SearchSettings(
+    return optsearch.make_settings(
+        run.model_path,
+        run.dataset,
         eps=run.eps,
         independent=run.independent,
-        bw0=dict(INDEPENDENT_BW0 if run.independent else DEPENDENT_BW0),
-        type_order=tuple(run.type_order),  # type: ignore[arg-type]
-        layer_order=run.layer_order,  # type: ignore[arg-type]
-        allocation=allocation,
+        allocation=None if run.independent else run.allocation,
+        budget=tuple(tuple(b) for b in run.budgets),
+        order="".join(run.type_order),
+        layer_order=run.layer_order,
+        search_fraction=run.search_fraction,
+        seed=0,
+        data_dir=data_dir,
     )
-    data = DataSettings(run.dataset, search_fraction=run.search_fraction, seed=0, data_dir=data_dir)
-    request = RunRequest(model_path=run.model_path, data=data, search=settings, out_dir=out, overwrite=True)
-    if partial_dir(out).is_dir() and not resume_differences(replace(request, resume=True)):
-        return replace(request, overwrite=False, resume=True)  # an interrupted run: continue it
-    return request
 
 
 def definition(run: PaperRun) -> dict[str, Any]:
@@ -265,14 +248,22 @@ class LoadMeter:
 
 
 def execute(run: PaperRun, data_dir: str, log: Callable[[str], None]) -> None:
-    """Run ``run`` with ``optsearch.run.runner.run`` and keep its small outputs in ``docs/paper/``, with
+    """Run ``run`` with ``optsearch.search`` and keep its small outputs in ``docs/paper/``, with
     its wall and CPU seconds and the machine's mean load in ``timing.json``."""
-    from optsearch.run.runner import run as run_search
+    import optsearch
 
     work = WORK_DIR / run.name
     started, cpu_started = time.perf_counter(), time.process_time()
     with LoadMeter() as load:
-        run_search(request_for(run, data_dir, work), echo=log)
+        # An interrupted run with the same settings continues; anything else starts again.
+        optsearch.search(
+            run.model_path,
+            run.dataset,
+            settings=request_for(run, data_dir, work),
+            out=work,
+            resume="auto",
+            echo=log,
+        )
     timing = {
         "wall_seconds": round(time.perf_counter() - started, 1),
         "cpu_seconds": round(time.process_time() - cpu_started, 1),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_integer_ref import images, make_result_dir, tiny_model
+from conftest import images, make_result_dir, tiny_model
 
 from optsearch.cli.main import cli
 from optsearch.deploy import integer_ref

@@ -31,7 +31,7 @@ from optsearch.config.schema import (
     search_settings,
 )
 from optsearch.config.yamlfile import Document, parse_yaml
-from optsearch.search.opt_search import INDEPENDENT_BW0, SearchSettings
+from optsearch.methods.opt_search import INDEPENDENT_BW0, SearchSettings
 
 
 def _run(*args: object) -> Result:

@@ -14,8 +14,8 @@ from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset
 from optsearch.evaluate.engine import CachedEvaluator
 from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
+from optsearch.methods.opt_search import SearchSettings, opt_search
 from optsearch.model.graph import QuantizedModel, quantized_model
-from optsearch.search.opt_search import SearchSettings, opt_search
 
 L = keras.layers
 N = 240
@@ -61,7 +61,7 @@ def setup(request: pytest.FixtureRequest) -> tuple[QuantizedModel, Dataset]:
 
 def _magnitudes(qmodel: QuantizedModel, data: Dataset) -> dict[TensorId, float]:
     ranges = activation_ranges(qmodel, data)
-    return {t: ranges[t.layer] if t.kind == "A" else qmodel.largest_magnitude(t) for t in qmodel.tensors}
+    return qmodel.magnitudes(ranges)
 
 
 def test_split_reproduces_the_full_model(setup: tuple[QuantizedModel, Dataset]) -> None:

@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_integer_ref import images, make_result_dir, tiny_model
+from conftest import images, make_result_dir, tiny_model
 
 from optsearch.cli.main import cli
 from optsearch.core.fixedpoint import Format
+from optsearch.core.netlist import accumulator, grids
 from optsearch.deploy import integer_ref
 from optsearch.deploy.export_hls4ml import ap_fixed, export
-from optsearch.deploy.netlist import accumulator, grids
 
 L = keras.layers
 TARGETS = {

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from optsearch.cli.main import EXIT_REGRESSION, EXIT_USER_ERROR, cli
+from optsearch.cli.main import cli
+from optsearch.cli.options import EXIT_REGRESSION, EXIT_USER_ERROR
+from optsearch.methods.opt_search import SearchSettings
 from optsearch.results.gate import (
     GateError,
     Limits,
@@ -20,7 +22,16 @@ from optsearch.results.gate import (
     read_snapshot,
     snapshot,
 )
-from optsearch.results.result import Accuracy, Costs, LayerResult, RunResult, TensorResult
+from optsearch.results.result import (
+    Accuracy,
+    Costs,
+    DataInfo,
+    LayerResult,
+    ModelInfo,
+    RunResult,
+    TensorResult,
+)
+from optsearch.settings import DataSettings, RunSettings
 
 SIZES = {"c1": (36, 4, 144, 1296), "out": (432, 3, 3, 432)}
 """weights, biases, activations per sample, MACs of the two layers."""
@@ -60,9 +71,9 @@ def _formats(
         "float32": Costs({"W": 0, "B": 0, "A": 0}, 32 * 622, 32 * 32 * 1728, 32 * 32 * 1728),
     }
     result = RunResult(
-        model={"path": "m.keras", "name": "m", "sha256": "abc"},
-        data={},
-        settings={"eps": eps},
+        model=ModelInfo(name="m", sha256="abc", input_shape=[12, 12, 1], classes=3),
+        data=DataInfo(source="d.npz", search_samples=60, held_out_samples=60),
+        settings=RunSettings(Path("m.keras"), DataSettings("d.npz"), SearchSettings(eps=eps)),
         layers=layers,
         accuracy=accuracy,
         costs=costs,

@@ -1,8 +1,7 @@
 """The integer reference (deploy.integer_ref) against the Keras quantized model, and `optsearch verify`.
 
 Result folders are written directly (quantized.keras + a minimal formats.json) from uniform formats,
-so no search runs here. ``make_result_dir`` and ``tiny_model`` are shared with test_export.py and
-test_c_reference.py.
+so no search runs here (``make_result_dir`` and ``tiny_model`` are in conftest.py).
 """
 
 from __future__ import annotations
@@ -14,107 +13,18 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import images, make_result_dir, randomize_batchnorm, tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
 
 from optsearch.cli.main import cli
 from optsearch.core.fixedpoint import Format, quantize
-from optsearch.core.tensors import TensorId
+from optsearch.core.netlist import FixedArray, Node, grids, real_inputs
 from optsearch.deploy import integer_ref
 from optsearch.deploy.integer_ref import Value, compare_logits, quantize_value, round_shift
-from optsearch.deploy.netlist import FixedArray, Node, grids, real_inputs
-from optsearch.model.graph import quantized_model, uniform_formats
-from optsearch.results.result import FORMATS_SCHEMA
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_model() -> keras.Model:
-    """Both kinds of layer: c1 takes a real input; c2 and out take fixed-point codes (integer-only).
-
-    Conv(relu) -> Q -> MaxPool -> Conv -> BN -> ReLU -> Q -> Flatten -> Dense(softmax, split) -> Q.
-    The pool is named ``p``, which hls4ml 1.3 renames ``p_0``.
-    """
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = L.Rescaling(1 / 255, name="scale")(inputs)
-    x = L.Conv2D(4, 3, activation="relu", name="c1")(x)
-    x = L.MaxPooling2D(2, padding="same", name="p")(x)
-    x = L.Conv2D(6, 3, padding="same", name="c2")(x)
-    x = L.BatchNormalization(name="bn2")(x)
-    x = L.ReLU(name="r2")(x)
-    x = L.Flatten(name="flat")(x)
-    outputs = L.Dense(3, activation="softmax", name="out")(x)
-    model = keras.Model(inputs, outputs, name="tiny")
-    randomize_batchnorm(model, np.random.default_rng(1))
-    return model
-
-
-def randomize_batchnorm(model: keras.Model, rng: np.random.Generator) -> None:
-    """Trained-looking BatchNorm statistics (untrained ones are the identity)."""
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 2.0, c),
-                    rng.normal(0, 0.5, c),
-                    rng.normal(0, 0.5, c),
-                    rng.uniform(0.2, 3.0, c),
-                ]
-            )
-
-
-def images(n: int, shape: tuple[int, ...] = (8, 8, 1), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape)).astype(np.float32)
-
-
-def make_result_dir(
-    model: keras.Model,
-    x: np.ndarray,
-    out: Path,
-    bw: int = 8,
-    data_spec: str | None = None,
-    name: str | None = None,
-) -> Path:
-    """A result folder as `optsearch run` writes it, with uniform ``bw``-bit formats sized on ``x``.
-
-    ``name`` is the model's name in formats.json (`optsearch run` uses the file's stem).
-    """
-    qmodel = quantized_model(model)
-    probe = qmodel.activation_probe()
-    acts = probe.predict(x, verbose=0)
-    acts = acts if isinstance(acts, list) else [acts]
-    ranges = {q.name: float(np.max(np.abs(a))) for q, a in zip(qmodel.layers, acts, strict=True)}
-    formats = uniform_formats(qmodel, bw, ranges)
-    qmodel.set_formats(formats)
-    out.mkdir(parents=True)
-    qmodel.save(str(out / "quantized.keras"))
-    write_formats(out, name or model.name, qmodel.layers, formats, data_spec)
-    return out
-
-
-def write_formats(
-    out: Path, name: str, layers: object, formats: dict[TensorId, Format], data_spec: str | None
-) -> None:
-    """The parts of formats.json the deployment commands read."""
-    data = {
-        "schema": FORMATS_SCHEMA,
-        "model": {"name": name},
-        "data": {"spec": data_spec, "scale": None, "resize": None} if data_spec else {},
-        "layers": [
-            {
-                "name": q.name,  # type: ignore[attr-defined]
-                "tensors": {
-                    t.kind: {"bw": formats[t].bw, "f": formats[t].f}
-                    for t in q.tensors()  # type: ignore[attr-defined]
-                },
-            }
-            for q in layers  # type: ignore[attr-defined]
-        ],
-    }
-    (out / "formats.json").write_text(json.dumps(data))
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
 from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
 from optsearch.evaluate.naive import NaiveEvaluator
+from optsearch.methods.opt_search import SearchSettings, opt_search
 from optsearch.model.graph import QuantizedModel, quantized_model
-from optsearch.search.opt_search import SearchSettings, opt_search
 
 L = keras.layers
 N = 200
@@ -127,9 +127,7 @@ def test_search_decisions_match_the_in_place_evaluator(
 ) -> None:
     """Every decision (format, loss, rule, evaluation count) is the same with either evaluator."""
     ranges = activation_ranges(qmodel, data, PREPROCESS)
-    magnitudes = {
-        t: ranges[t.layer] if t.kind == "A" else qmodel.largest_magnitude(t) for t in qmodel.tensors
-    }
+    magnitudes = qmodel.magnitudes(ranges)
     bw0 = {"W": 6, "B": 6, "A": 6}  # small starts keep the naive search to a few dozen rebuilds
     settings = (
         SearchSettings.independent_search(eps=0.05, bw0=bw0)

@@ -61,7 +61,7 @@ def test_formats_json_round_trips_and_agrees_with_the_log(finished: Path) -> Non
                 )
     # Dependent search: the last decision's loss is the loss of the whole quantized network.
     assert result.accuracy["search"].quantized_loss == result.steps[-1]["loss"]
-    assert result.accuracy["search"].quantized_loss <= result.settings["eps"]
+    assert result.accuracy["search"].quantized_loss <= result.eps
     assert set(result.accuracy) == {"search", "held_out"}
     assert result.versions["tensorflow"] and result.versions["keras"]
 
@@ -82,7 +82,7 @@ def test_report_mentions_every_layer_and_both_baselines(finished: Path) -> None:
     assert "uniform 8-bit" in report and "float32" in report and "held-out" in report
     assert "ap_fixed<" in report
     # c1 reads the Rescaling's float output and out the BatchNorm's: the report says what that means.
-    assert result.model["float_inputs"] == {"c1": "Rescaling 'scale'", "out": "BatchNormalization 'bn1'"}
+    assert result.model.float_inputs == {"c1": "Rescaling 'scale'", "out": "BatchNormalization 'bn1'"}
     assert "**Float between quantizers.** 2 of 2 quantizable layers read a real-valued input" in report
     assert "c1 (Rescaling 'scale'), out (BatchNormalization 'bn1')" in report
     assert summary_lines(result)[-1].startswith("note: 2 of 2 layers read a float input")

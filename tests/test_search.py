@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from optsearch.core.allocation import Allocation, constant_allocation
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
-from optsearch.search.evaluator import Evaluation
-from optsearch.search.opt_search import (
+from optsearch.methods.evaluator import Evaluation
+from optsearch.methods.opt_search import (
     EvaluationRecord,
     SearchError,
     SearchSettings,

@@ -6,24 +6,22 @@ Registered on the main ``cli`` group by cli.py. Errors are ``OptsearchError``s: 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from optsearch.core.fixedpoint import Format
+from optsearch.model.environment import quiet_tensorflow
 
 if TYPE_CHECKING:  # for annotations only: the verify code is imported when the command runs
     from optsearch.deploy.integer_ref import LayerAgreement
 
 TARGETS = ("hls4ml", "c")
+"""The names of ``optsearch.deploy.exporters.EXPORTERS`` (kept here so that --help imports no exporter)."""
 
 
 def _load(result_dir: Path) -> Any:
-    from optsearch.cli.main import _quiet_tensorflow
-
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from optsearch.run.deployed import load_result
 
     return load_result(result_dir)
@@ -88,6 +86,7 @@ def export_command(
 
     See docs/deployment.md. Check the result with `optsearch verify RESULT_DIR`.
     """
+    from optsearch.deploy.exporters import exporter
     from optsearch.run.outdir import atomic_dir, check_out_dir
 
     base = out_dir or result_dir / "export"
@@ -97,22 +96,17 @@ def export_command(
     for target in dict.fromkeys(targets):
         destination = base / target
         with atomic_dir(destination, overwrite) as tmp:
-            if target == "hls4ml":
-                from optsearch.deploy.export_hls4ml import export, write_files
-                from optsearch.run.deployed import folded_batchnorms
-
-                fmt = Format(*input_format) if input_format else None
-                exported = export(
-                    result.netlist, input_format=fmt, input_range=input_range, input_bits=input_bits
-                )
-                files = write_files(exported, tmp, result.name, str(result_dir), folded_batchnorms(result))
-                notes = exported.notes
-            else:
-                from optsearch.deploy.export_c import export as export_c
-
-                c_files = export_c(result.netlist, str(result_dir))
-                files = c_files.write(tmp)
-                notes = c_files.notes
+            written = exporter(target).write(
+                result.netlist,
+                tmp,
+                result.name,
+                str(result_dir),
+                result.recorded,
+                input_format=input_format,
+                input_range=input_range,
+                input_bits=input_bits,
+            )
+        files, notes = written.files, written.notes
         click.echo(f"wrote {destination}/ ({', '.join(files)})")
         for note in notes:
             click.echo(f"  note: {note}")
@@ -170,34 +164,16 @@ def verify_command(
     if part != "all" and data_spec is not None:
         raise click.UsageError(f"--part {part} picks from the run's own data; leave out --data")
     result = _load(result_dir)
-    from optsearch.data import Preprocess, fit_channel_axis, load_data
-    from optsearch.deploy.netlist import DeployError, real_inputs
-    from optsearch.run.deployed import verify
+    from optsearch.run.deployed import verify_result
 
-    info = result.info.get("data", {})
-    spec = data_spec or info.get("spec")
-    if not spec:
-        raise DeployError(f"{result_dir}/formats.json names no data; pass --data")
-    try:
-        dataset = load_data(spec)
-    except FileNotFoundError as err:
-        raise DeployError(f"data {spec!r} of the run not found ({err}); pass --data") from err
-    resize = tuple(info["resize"]) if info.get("resize") and data_spec is None else None
-    scale = info.get("scale") if data_spec is None else None
-    preprocess = fit_channel_axis(
-        Preprocess(scale=scale, resize=resize),  # type: ignore[arg-type]
-        tuple(dataset.x.shape[1:]),
-        tuple(result.model.inputs[0].shape[1:]),
-    )
-    dataset = data_part(dataset, part, info, result_dir)
-    x = preprocess(dataset.x[:samples] if samples else dataset.x)
-    agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
-    weighted = len(list(result.netlist.weighted()))
-    causes = Counter(node.source for node in real_inputs(result.netlist).values())
-    floats = ", ".join(f"{name} ({count})" for name, count in causes.most_common())
-    integer = weighted - causes.total()
+    verification = verify_result(result, data_spec, part, samples, batch_size)
+    agreement, spec = verification.agreement, verification.spec
+    weighted, causes = verification.weighted_layers, verification.float_causes
+    floats = ", ".join(f"{name} ({count})" for name, count in causes.items())
+    integer = weighted - sum(causes.values())
     click.echo(
-        f"{result_dir}: {len(x)} samples of {spec}{'' if part == 'all' else f' ({part} part)'}; "
+        f"{result_dir}: {verification.samples} samples of {spec}"
+        f"{'' if part == 'all' else f' ({part} part)'}; "
         f"{integer} of {weighted} weighted layers "
         "have a fixed-point input (integer-only)"
         + (f", the others read the float output of: {floats}" if causes else "")
@@ -239,31 +215,6 @@ def verify_command(
     else:
         click.echo("verify: DISAGREEMENT (see above)")
         raise click.exceptions.Exit(1)
-
-
-def data_part(dataset: Any, part: str, info: dict[str, Any], result_dir: Path) -> Any:
-    """The ``part`` of the run's data: the split is redone from the fraction and seed in formats.json
-    (spec §4: deterministic), so these are the samples the run searched on or held out."""
-    from optsearch.data import split
-    from optsearch.deploy.netlist import DeployError
-
-    if part == "all":
-        return dataset
-    fraction = float(info.get("search_fraction", 1.0))
-    if fraction >= 1.0:
-        raise DeployError(
-            f"{result_dir}: the run searched on all of its data (search fraction 1), so it has no "
-            f"{part} part; leave out --part"
-        )
-    search, held_out = split(dataset, fraction, int(info.get("seed", 0)))
-    expected = info.get(f"{part.replace('-', '_')}_samples")
-    chosen = search if part == "search" else held_out
-    if expected is not None and len(chosen) != expected:
-        raise DeployError(
-            f"{result_dir}: the {part} part has {len(chosen)} samples here but {expected} in the run: "
-            "the data file changed since the run; pass the run's data"
-        )
-    return chosen
 
 
 def _unexplained(layer: LayerAgreement) -> str:

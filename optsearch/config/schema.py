@@ -26,7 +26,8 @@ from optsearch.core.allocation import (
 )
 from optsearch.core.fixedpoint import OFFSET_RULES
 from optsearch.core.tensors import ACTIVATION_POINTS, FOLD_MODES, TENSOR_KINDS, TensorKind
-from optsearch.search.opt_search import DEPENDENT_BW0, INDEPENDENT_BW0, LAYER_ORDERS, SearchSettings
+from optsearch.methods.opt_search import DEPENDENT_BW0, INDEPENDENT_BW0, LAYER_ORDERS, SearchSettings
+from optsearch.settings import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB, DataSettings, RunSettings
 
 ValueKind = Literal["int", "float", "bool", "str", "path", "choice", "order"]
 #: Most jobs one batch file may expand to (a guard against a grid typed by mistake).
@@ -272,7 +273,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "batch_size",
         Value("int", low=1),
-        500,
+        DEFAULT_BATCH_SIZE,
         "Samples per forward pass. Larger is faster until memory runs out.",
         "500",
     ),
@@ -432,7 +433,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "cache_mb",
         _NON_NEGATIVE,
-        1024.0,
+        DEFAULT_CACHE_MB,
         "Memory for the activations upstream of the tensor being searched (computed once per tensor, "
         "so each candidate runs only the rest of the network). Beyond it they are recomputed.",
         "1024",
@@ -536,8 +537,27 @@ def parse_order(text: str) -> tuple[TensorKind, ...]:
     return order  # type: ignore[return-value]
 
 
+def run_settings(values: Mapping[str, Any]) -> RunSettings:
+    """The typed ``RunSettings`` of a run's flat settings (CLI options, a YAML file, a batch job);
+    ValueError if they do not fit together."""
+    return RunSettings(
+        model=Path(values["model"]),
+        data=DataSettings(
+            values["data"], values["scale"], values["resize"], values["search_fraction"], values["seed"]
+        ),
+        search=search_settings(values),
+        unsafe_load=bool(values["unsafe_load"]),
+        activation_point=values["activation_point"],
+        fold_bn=values["fold_bn"],
+        batch_size=values["batch_size"],
+        input_bits=values["input_bits"],
+        cache_mb=values["cache_mb"],
+    )
+
+
 def search_settings(values: Mapping[str, Any]) -> SearchSettings:
-    """The search's settings from a run's settings; ValueError if they do not fit together."""
+    """Alg. 2's settings from a run's flat settings: the allocation name and budget overrides
+    resolved into one rule per tensor type, BW0 defaulted by the evaluation mode."""
     independent = bool(values["independent"])
     allocation = values["allocation"]
     if allocation is None:

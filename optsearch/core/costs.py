@@ -65,16 +65,38 @@ class NetworkCost:
 
     def saving(self, baseline: NetworkCost) -> dict[str, float]:
         """Relative savings against ``baseline`` (0.5 = half the cost), per measure."""
-        return {
-            "memory": 1.0 - self.memory_bits / baseline.memory_bits,
-            "multiply_cost": 1.0 - self.multiply_cost / baseline.multiply_cost,
-            "bops": 1.0 - self.bops / baseline.bops,
-        }
+        return savings(
+            (self.memory_bits, self.multiply_cost, self.bops),
+            (baseline.memory_bits, baseline.multiply_cost, baseline.bops),
+        )
+
+
+def savings(found: tuple[float, float, float], base: tuple[float, float, float]) -> dict[str, float]:
+    """The one savings formula: ``1 - found / base`` for memory, multiply cost and BOPs (0.5 = half).
+
+    ``found`` and ``base`` are ``(memory bits, multiply cost, BOPs)`` of two networks.
+    """
+    return {name: 1.0 - f / b for name, f, b in zip(SAVING_MEASURES, found, base, strict=True)}
+
+
+#: The measures ``savings`` compares, in its tuples' order.
+SAVING_MEASURES = ("memory", "multiply_cost", "bops")
 
 
 def bitwidths(formats: Mapping[TensorId, Format]) -> dict[TensorId, int]:
     """The bitwidth of each tensor (``BW = 1`` pruned counts one bit)."""
     return {tensor: fmt.bw for tensor, fmt in formats.items()}
+
+
+def tensor_memory_bits(counts: Mapping[TensorKind, int], bits: Mapping[TensorKind, int]) -> int:
+    """``sum_p BW_lp * n(p_l)`` over one layer's tensors (eq. 7's memory term; activations per sample)."""
+    return sum(counts[kind] * bw for kind, bw in bits.items())
+
+
+def multiply_cost(macs: int, bw_w: int, bw_a: int) -> int:
+    """The paper's multiply cost of one layer: ``MACs * BW_W * BW_A`` (eq. 7), with ``BW_A`` the layer's
+    output activations (BOPs use its input's bitwidth instead)."""
+    return macs * bw_w * bw_a
 
 
 def network_cost(
@@ -86,7 +108,9 @@ def network_cost(
     costs: list[LayerCost] = []
     for layer in layers:
         memory = {
-            kind: bits[TensorId(layer.name, kind)] * layer.value_count(kind)
+            kind: tensor_memory_bits(
+                {kind: layer.value_count(kind)}, {kind: bits[TensorId(layer.name, kind)]}
+            )
             for kind in TENSOR_KINDS
             if kind != "B" or layer.has_bias
         }
@@ -94,7 +118,9 @@ def network_cost(
         bw_out = bits[TensorId(layer.name, "A")]
         sources = [bits[TensorId(source, "A")] for source in layer.input_sources]
         bw_in = max(sources) if sources else input_bits
-        costs.append(LayerCost(layer.name, memory, layer.macs * bw_w * bw_out, layer.macs * bw_w * bw_in))
+        costs.append(
+            LayerCost(layer.name, memory, multiply_cost(layer.macs, bw_w, bw_out), layer.macs * bw_w * bw_in)
+        )
     by_kind = {kind: sum(c.memory_bits.get(kind, 0) for c in costs) for kind in TENSOR_KINDS}
     return NetworkCost(
         layers=tuple(costs),

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from optsearch.core.fixedpoint import Format
+from optsearch.core.netlist import OPS, DeployError, FixedArray, Grid, Netlist, Node, grids, smallest_c_int
 from optsearch.deploy.integer_ref import scores_node
-from optsearch.deploy.netlist import OPS, DeployError, FixedArray, Grid, Netlist, Node, grids, smallest_c_int
 
 #: Operations the C reference implements (a sequential chain of them): the netlist's, less these.
 C_OPS = tuple(op for op in OPS if op not in ("resize", "depthwise", "separable", "concat", "add"))

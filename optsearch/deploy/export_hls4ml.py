@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from optsearch.core.fixedpoint import Format, initial_offset
-from optsearch.deploy.netlist import DeployError, Grid, Netlist, Node, accumulator, propagate
+from optsearch.core.netlist import DeployError, Grid, Netlist, Node, accumulator, propagate
 
 HLS4ML_VERSION = "1.3"
 #: Bits of the types given to real-valued tensors (BatchNorm scale, bias and result; averages).
@@ -286,7 +286,7 @@ def write_files(
     ``folded``: the BatchNorms a ``--fold-bn`` run folded; the helper then refuses a model that still
     has them (the formats belong to the folded model, saved as ``folded_model.keras``).
     """
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from optsearch.core.fixedpoint import Format
-from optsearch.deploy.netlist import FixedArray, Grid, Netlist, Node, grids
+from optsearch.core.netlist import FixedArray, Grid, Netlist, Node, grids
 
 #: Integer accumulators up to this many bits (sign included) run as exact float64 products.
 FLOAT64_EXACT_BITS = 53

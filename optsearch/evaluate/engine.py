@@ -29,10 +29,9 @@ from optsearch.core.fixedpoint import Format, quantize
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
 from optsearch.evaluate.keras import DEFAULT_BATCH_SIZE, KerasEvaluator, input_spec, predicted_classes
+from optsearch.methods.evaluator import Evaluation, settled
 from optsearch.model.graph import QuantizedModel, Segment
-from optsearch.search.evaluator import Evaluation, settled
-
-DEFAULT_CACHE_MB = 1024
+from optsearch.settings import DEFAULT_CACHE_MB
 
 #: Traced functions kept, least recently used dropped first. Weights and biases of a layer share
 #: a cut, so with W -> B -> A the bias sweep reuses the weight sweep's traces.

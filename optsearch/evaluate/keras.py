@@ -18,10 +18,9 @@ from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess, batches
+from optsearch.methods.evaluator import Evaluation, relative_loss, settled
 from optsearch.model.graph import QuantizedModel
-from optsearch.search.evaluator import Evaluation, relative_loss, settled
-
-DEFAULT_BATCH_SIZE = 500
+from optsearch.settings import DEFAULT_BATCH_SIZE
 
 #: The first chunk of an evaluation is this fraction of the batch size; chunks then double up to
 #: the batch size. A rejected candidate usually fails on the first fragile samples (see bench).

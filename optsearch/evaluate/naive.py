@@ -19,8 +19,8 @@ from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import ActivationPoint, TensorId
 from optsearch.data import Dataset, Preprocess, batches
 from optsearch.evaluate.keras import DEFAULT_BATCH_SIZE, predicted_classes
+from optsearch.methods.evaluator import Evaluation, relative_loss
 from optsearch.model.graph import quantized_model
-from optsearch.search.evaluator import Evaluation, relative_loss
 
 
 class NaiveEvaluator:

@@ -393,6 +393,14 @@ class QuantizedModel:
         """``Z = max |p_l|`` of a weights or biases tensor (Alg. 2, line 4)."""
         return max(largest_magnitude(a) for a in self.float_values(tensor))
 
+    def magnitudes(self, activation_ranges: Mapping[str, float]) -> dict[TensorId, float]:
+        """``Z`` of every tensor (Alg. 2, line 4): stored values for W and B, ``activation_ranges``
+        (measured on the search set, keyed by layer) for A."""
+        return {
+            t: activation_ranges[t.layer] if t.kind == "A" else self.largest_magnitude(t)
+            for t in self.tensors
+        }
+
     @property
     def formats(self) -> dict[TensorId, Format]:
         """The formats applied now; tensors not listed are float."""
@@ -536,8 +544,7 @@ def uniform_formats(
 ) -> dict[TensorId, Format]:
     """Every W, B, A at ``(bw, F0(bw))`` for its own range: the uniform baseline (spec §8)."""
     formats: dict[TensorId, Format] = {}
-    for tensor in qmodel.tensors:
-        z = activation_ranges[tensor.layer] if tensor.kind == "A" else qmodel.largest_magnitude(tensor)
+    for tensor, z in qmodel.magnitudes(activation_ranges).items():
         formats[tensor] = start_format(z, bw, rule)
     return formats
 
@@ -736,7 +743,7 @@ def fold_batchnorm(model: keras.Model, mode: FoldMode = "exact") -> tuple[keras.
     for name in gains_bias:
         kernel_count = len(weights[name])
         out_channels = graph.output_shape(name)[-1]
-        weights[name] = [*weights[name][:kernel_count], np.zeros(out_channels, np.float64)]
+        weights[name] = [*weights[name][:kernel_count], np.zeros(int(out_channels or 0), np.float64)]
     # Forward folds first (they act on a layer's input side), then backward ones (its output side).
     for plan in sorted(folded.values(), key=lambda p: p.how != "forward"):
         a, c = _bn_affine(graph.by_name[plan.batchnorm])

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 
 from optsearch.core.tensors import TENSOR_KINDS
-from optsearch.results.result import RunResult
+from optsearch.results.result import RunResult, TensorResult
 
 CSV_COLUMNS = (
     "index",
@@ -51,17 +52,11 @@ def formats_csv(result: RunResult) -> str:
     return out.getvalue()
 
 
-def _allocation(kind: str, rule: dict) -> str:  # type: ignore[type-arg]
-    if rule["scheme"] == "constant":
-        return f"{kind} constant {rule['end']} x eps"
-    return f"{kind} {rule['scheme']} from {rule['start']} to {rule['end']} x eps"
-
-
 def _pct(x: float) -> str:
     return f"{x:.2%}"
 
 
-def _cell(layer_tensors: dict, kind: str, attr: str) -> str:  # type: ignore[type-arg]
+def _cell(layer_tensors: Mapping[str, TensorResult], kind: str, attr: str) -> str:
     t = layer_tensors.get(kind)
     if t is None:
         return "-"
@@ -74,24 +69,23 @@ def _cell(layer_tensors: dict, kind: str, attr: str) -> str:  # type: ignore[typ
 
 def report_markdown(result: RunResult) -> str:
     """report.md: settings, the per-layer formats, accuracy on search and held-out data, and costs."""
-    s = result.settings
+    s = result.settings.search
+    data = result.settings.data
     lines = [
-        f"# optsearch report: {result.model['name']}",
+        f"# optsearch report: {result.model.name}",
         "",
-        f"- model: `{result.model['path']}` (sha256 `{result.model['sha256'][:16]}...`), "
+        f"- model: `{result.settings.model}` (sha256 `{result.model.sha256[:16]}...`), "
         f"{len(result.layers)} quantizable layers",
-        f"- data: {result.data['source']}; search set {result.data['search_samples']} samples, "
-        f"held-out {result.data['held_out_samples']} (search fraction {result.data['search_fraction']}, "
-        f"seed {result.data['seed']})",
-        f"- search: {'independent' if s['independent'] else 'dependent'}, eps {_pct(s['eps'])}, "
-        f"order {'/'.join(s['type_order'])} layers {s['layer_order']}"
-        f"{', interleaved' if s['interleave'] else ''}, "
-        f"BW0 W {s['bw0']['W']} / B {s['bw0']['B']} / A {s['bw0']['A']}, delta {s['delta']}, "
-        f"offset rule {s['offset_rule']}",
+        f"- data: {result.data.source}; search set {result.data.search_samples} samples, "
+        f"held-out {result.data.held_out_samples} (search fraction {data.search_fraction}, "
+        f"seed {data.seed})",
+        f"- search: {'independent' if s.independent else 'dependent'}, eps {_pct(s.eps)}, "
+        f"order {'/'.join(s.type_order)} layers {s.layer_order}"
+        f"{', interleaved' if s.interleave else ''}, "
+        f"BW0 W {s.bw0['W']} / B {s.bw0['B']} / A {s.bw0['A']}, delta {s.delta}, "
+        f"offset rule {s.offset_rule}",
         "- allocation: "
-        + ", ".join(
-            f"{k} {v['scheme']} ({v['start']}, {v['end']}] x eps" for k, v in s["allocation"].items()
-        ),
+        + ", ".join(f"{k} {v.scheme} ({v.start}, {v.end}] x eps" for k, v in s.allocation.items()),
         f"- {result.evaluations} evaluations, {result.timings['total_seconds']:.1f} s in total",
         *_fold_lines(result),
         "",
@@ -151,7 +145,7 @@ def report_markdown(result: RunResult) -> str:
         "",
         "Memory: bits of all weights and biases plus the activations of one sample. Multiply cost as the "
         "paper reports it: sum of MACs x BW_W x BW_A(output). BOPs: sum of MACs x BW_W x BW_A(input), "
-        f"network input at {s['input_bits']} bits.",
+        f"network input at {result.settings.input_bits} bits.",
         "",
         "| measure | found | uniform 8-bit | float32 | saving vs 8-bit | saving vs float32 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -178,7 +172,7 @@ def report_markdown(result: RunResult) -> str:
 
 def _float_input_lines(result: RunResult) -> list[str]:
     """Which layers read a real-valued input, and what that means for the accuracies above."""
-    causes: dict[str, str] = result.model.get("float_inputs") or {}
+    causes = result.model.float_inputs or {}
     if not causes:
         return []
     listed = ", ".join(f"{layer} ({cause})" for layer, cause in causes.items())
@@ -214,7 +208,7 @@ def summary_lines(result: RunResult) -> list[str]:
         f"{_pct(vs32['multiply_cost'])} less than float32"
     )
     lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")
-    causes = result.model.get("float_inputs") or {}
+    causes = result.model.float_inputs or {}
     if causes:
         lines.append(
             f"note: {len(causes)} of {len(result.layers)} layers read a float input (e.g. a BatchNorm "
@@ -225,13 +219,13 @@ def summary_lines(result: RunResult) -> list[str]:
 
 def _fold_lines(result: RunResult) -> list[str]:
     """The --fold-bn section: where every BatchNorm went, and the float accuracy it cost."""
-    folds = result.model.get("batchnorm_folds")
+    folds = result.model.batchnorm_folds
     if not folds:
         return []
-    before = result.model.get("float_accuracy_before_folding", {})
+    before = result.model.float_accuracy_before_folding or {}
     lines = [
         "",
-        f"## BatchNorm folding (--fold-bn {result.settings.get('fold_bn', '?')})",
+        f"## BatchNorm folding (--fold-bn {result.settings.fold_bn})",
         "",
         "The search ran on the folded network; its float accuracy is the reference of every loss. "
         "Float accuracy of the model as given, then folded:",

@@ -7,7 +7,6 @@ format. Pure: JSON in, findings out; JUnit XML (``xml.etree``) for CI systems to
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import xml.etree.ElementTree as ET
@@ -16,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optsearch.core.costs import multiply_cost, tensor_memory_bits
 from optsearch.core.errors import OptsearchError
-from optsearch.core.tensors import TENSOR_KINDS
+from optsearch.core.tensors import TENSOR_KINDS, TensorKind
+from optsearch.results.folder import FORMATS_FILE, ResultError, ResultFolder
 
-FORMATS_FILE = "formats.json"
 #: Loss comparisons forgive float noise this small (losses are ratios of sample counts).
 _LOSS_SLACK = 1e-12
 
@@ -47,15 +47,15 @@ class LayerSnapshot:
     @property
     def memory_bits(self) -> int:
         """Bits to store the layer's tensors (activations per sample), as the cost model counts them."""
-        counts = {"W": self.weights, "B": self.biases, "A": self.activations}
-        return sum(counts[kind] * bw for kind, (bw, _) in self.formats.items())
+        counts: dict[TensorKind, int] = {"W": self.weights, "B": self.biases, "A": self.activations}
+        return tensor_memory_bits(counts, {kind: bw for kind, (bw, _) in self.formats.items()})  # type: ignore[misc]
 
     @property
     def multiply_cost(self) -> int:
         """``MACs * BW_W * BW_A`` (the paper's figure, eq. 7)."""
         if "W" not in self.formats or "A" not in self.formats:
             return 0
-        return self.macs * self.formats["W"][0] * self.formats["A"][0]
+        return multiply_cost(self.macs, self.formats["W"][0], self.formats["A"][0])
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,22 @@ class Snapshot:
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
-    """The snapshot of a formats.json, or of the run folder holding one."""
-    path = Path(path)
-    file = path / FORMATS_FILE if path.is_dir() else path
-    if not file.exists():
-        what = f"{path} has no {FORMATS_FILE}" if path.is_dir() else f"{file} not found"
-        raise GateError(f"{what}; give a folder written by `optsearch run` or its {FORMATS_FILE}")
+    """The snapshot of a formats.json, or of the run folder holding one (read by ``ResultFolder``).
+
+    A baseline may be a formats.json edited down by hand to the fields the gate reads (docs/batch.md),
+    so the gate takes its numbers from the parsed file, not from a whole ``RunResult``.
+    """
+    folder = ResultFolder.at(path)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise GateError(f"{file} is not a JSON file ({type(err).__name__}: {err})") from err
-    return snapshot(data, str(file))
+        data = folder.read_data()
+    except ResultError as err:
+        file = folder.formats_file
+        if not file.exists() and (file.name != FORMATS_FILE or not folder.path.is_dir()):
+            raise GateError(
+                f"{file} not found; give a folder written by `optsearch run` or its {file.name}"
+            ) from err
+        raise GateError(str(err)) from err
+    return snapshot(data, str(folder.formats_file))
 
 
 def snapshot(data: object, source: str) -> Snapshot:

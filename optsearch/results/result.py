@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from optsearch.core.costs import savings
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
+from optsearch.settings import RunSettings
 
 FORMATS_SCHEMA = "optsearch.formats/1"
 
@@ -94,14 +96,54 @@ class Costs:
     def memory_bytes(self) -> float:
         return self.memory_bits_total / 8
 
+    def saving(self, base: Costs) -> dict[str, float]:
+        """Relative savings against ``base`` (0.5 = half): memory, multiply cost, BOPs (spec §8)."""
+        return savings(
+            (self.memory_bits_total, self.multiply_cost, self.bops),
+            (base.memory_bits_total, base.multiply_cost, base.bops),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the run measured of the model (its path is in the settings)."""
+
+    name: str
+    sha256: str
+    input_shape: list[int | None]
+    classes: int
+    batchnorm_folds: list[dict[str, Any]] | None = None
+    """What ``--fold-bn`` did with each BatchNorm (only with ``--fold-bn``)."""
+    float_accuracy_before_folding: dict[str, float] | None = None
+    float_inputs: dict[str, str] | None = None
+    """Each quantizable layer that reads a real-valued input, and the layer that makes it real."""
+
+    @property
+    def folded(self) -> list[str]:
+        """The BatchNorms folded into other layers (``--fold-bn``), in model order."""
+        return [fold["batchnorm"] for fold in self.batchnorm_folds or [] if fold.get("into")]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the run measured of its data (where they came from is in the settings)."""
+
+    source: str
+    search_samples: int
+    held_out_samples: int
+
+
+#: The optional parts of ``ModelInfo``, written only when present (as 0.1.0 did).
+_OPTIONAL_MODEL = ("batchnorm_folds", "float_accuracy_before_folding", "float_inputs")
+
 
 @dataclass(frozen=True)
 class RunResult:
     """Everything a run found and measured; rendered to formats.json, formats.csv, report.md, plots."""
 
-    model: dict[str, Any]
-    data: dict[str, Any]
-    settings: dict[str, Any]
+    model: ModelInfo
+    data: DataInfo
+    settings: RunSettings
     layers: list[LayerResult]
     accuracy: dict[str, Accuracy]
     """``search`` and, with a split, ``held_out``."""
@@ -124,19 +166,52 @@ class RunResult:
             for kind, result in layer.tensors.items()
         }
 
+    @property
+    def eps(self) -> float:
+        """The accuracy loss budget the run searched with."""
+        return self.settings.search.eps
+
     def savings(self, baseline: str) -> dict[str, float]:
         """Relative savings of the found formats against ``uniform8`` or ``float32`` (0.5 = half)."""
-        found, base = self.costs["quantized"], self.costs[baseline]
-        return {
-            "memory": 1.0 - found.memory_bits_total / base.memory_bits_total,
-            "multiply_cost": 1.0 - found.multiply_cost / base.multiply_cost,
-            "bops": 1.0 - found.bops / base.bops,
-        }
+        return self.costs["quantized"].saving(self.costs[baseline])
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["savings"] = {"vs_uniform8": self.savings("uniform8"), "vs_float32": self.savings("float32")}
-        return out
+        """formats.json's data: the layout 0.1.0 wrote, key for key."""
+        model: dict[str, Any] = {
+            "path": str(self.settings.model),
+            "name": self.model.name,
+            "sha256": self.model.sha256,
+            "input_shape": self.model.input_shape,
+            "classes": self.model.classes,
+        }
+        for key in _OPTIONAL_MODEL:
+            if getattr(self.model, key) is not None:
+                model[key] = getattr(self.model, key)
+        data = self.settings.data
+        return {
+            "model": model,
+            "data": {
+                "source": self.data.source,
+                "spec": data.spec,
+                "search_samples": self.data.search_samples,
+                "held_out_samples": self.data.held_out_samples,
+                "search_fraction": data.search_fraction,
+                "seed": data.seed,
+                "scale": data.scale,
+                "resize": list(data.resize) if data.resize else None,
+            },
+            "settings": self.settings.recorded(),
+            "layers": [asdict(layer) for layer in self.layers],
+            "accuracy": {k: asdict(v) for k, v in self.accuracy.items()},
+            "costs": {k: asdict(v) for k, v in self.costs.items()},
+            "steps": self.steps,
+            "evaluations": self.evaluations,
+            "timings": self.timings,
+            "versions": self.versions,
+            "schema": self.schema,
+            "log": self.log,
+            "savings": {"vs_uniform8": self.savings("uniform8"), "vs_float32": self.savings("float32")},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
@@ -164,12 +239,28 @@ class RunResult:
             )
             for layer in data["layers"]
         ]
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        model, measured = data["model"], data["data"]
         return cls(
-            **{
-                **fields,
-                "layers": layers,
-                "accuracy": {k: Accuracy(**v) for k, v in data["accuracy"].items()},
-                "costs": {k: Costs(**v) for k, v in data["costs"].items()},
-            }
+            model=ModelInfo(
+                name=model["name"],
+                sha256=model["sha256"],
+                input_shape=model["input_shape"],
+                classes=model["classes"],
+                **{key: model[key] for key in _OPTIONAL_MODEL if key in model},
+            ),
+            data=DataInfo(
+                source=measured["source"],
+                search_samples=measured["search_samples"],
+                held_out_samples=measured["held_out_samples"],
+            ),
+            settings=RunSettings.from_recorded(model, measured, data["settings"]),
+            layers=layers,
+            accuracy={k: Accuracy(**v) for k, v in data["accuracy"].items()},
+            costs={k: Costs(**v) for k, v in data["costs"].items()},
+            steps=data["steps"],
+            evaluations=data["evaluations"],
+            timings=data["timings"],
+            versions=data["versions"],
+            schema=data["schema"],
+            log=data.get("log", []),
         )

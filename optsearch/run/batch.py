@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import multiprocessing
 import os
 import re
@@ -21,14 +20,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from optsearch.config.schema import BatchConfig, JobConfig, format_value, search_settings
+from optsearch.config.schema import BatchConfig, JobConfig, format_value, run_settings
 from optsearch.config.yamlfile import ConfigError, Problem
 from optsearch.core.errors import OptsearchError
+from optsearch.core.files import sha256
 from optsearch.render.batch_summary import Row, plot_pareto, summary_csv, summary_markdown
+from optsearch.results.folder import FORMATS_FILE, ResultFolder
 from optsearch.results.gate import (
-    FORMATS_FILE,
     Case,
     CheckOutcome,
     GateError,
@@ -40,16 +40,12 @@ from optsearch.results.gate import (
 from optsearch.results.gate import check as gate_check
 from optsearch.results.result import RunResult
 from optsearch.run.outdir import partial_dir
-
-if TYPE_CHECKING:
-    from optsearch.run.runner import RunRequest
+from optsearch.settings import RunSettings
 
 Action = Literal["run", "skip", "replace", "blocked", "unselected"]
 Status = Literal["done", "up to date", "failed", "not run", "not selected"]
 Echo = Callable[[str], None]
 
-#: Settings that change only speed and memory, not the result: a result still matches without them.
-PERFORMANCE_ONLY = ("batch_size", "cache_mb")
 SUMMARY_MD, SUMMARY_CSV, PARETO_PNG = "summary.md", "summary.csv", "pareto.png"
 
 
@@ -124,9 +120,10 @@ def plan(config: BatchConfig, root: Path) -> list[Job]:
         if job.check is not None:
             check = {**job.check, "baseline": str(job.check["baseline"]).replace("{name}", name)}
         try:
-            search_settings(job.values)
+            run_settings(job.values)
         except ValueError as err:
-            problems.append(Problem(job.where, "", f"{job.varied_text or name}: {err}"))
+            varied = ", ".join(f"{key}={format_value(value)}" for key, value in job.varied.items())
+            problems.append(Problem(job.where, "", f"{varied or name}: {err}"))
         jobs.append(
             Job(number, name, folder, {**job.values, "out": str(folder)}, dict(job.varied), job.where, check)
         )
@@ -206,9 +203,8 @@ def decide(job: Job, force: bool = False) -> Planned:
         return Planned(job, "replace", "--force")
     overwrite = bool(job.values["overwrite"])
     try:
-        recorded = json.loads((folder / FORMATS_FILE).read_text(encoding="utf-8"))
-        differences = result_differences(job.values, recorded)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        differences = result_differences(job.values, ResultFolder.at(folder).read())
+    except OptsearchError as err:
         why = f"{folder} exists but holds no readable {FORMATS_FILE} ({type(err).__name__})"
         if overwrite:
             return Planned(job, "replace", why)
@@ -221,58 +217,31 @@ def decide(job: Job, force: bool = False) -> Planned:
     return Planned(job, "blocked", f"{why}. Delete {folder}, or set overwrite: true to replace it")
 
 
-def result_differences(values: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
-    """How the settings recorded in a formats.json differ from a job's (empty: the result is this job's).
+def result_differences(values: Mapping[str, Any], recorded: RunResult) -> list[str]:
+    """How the settings a result recorded differ from a job's (empty: the result is this job's).
 
-    The runner records the search settings itself (``runner._settings_info``), so a setting added
-    there is compared here without a second list; speed-only settings are left out.
+    Both sides are ``RunSettings``, so a setting added there is compared here without a second
+    list; speed-only settings are left out. A changed model file counts (by sha256).
     """
-    from optsearch.run.runner import _settings_info, sha256
-
-    expected_settings = _normal(_settings_info(request_for(values)))
-    found_settings = _normal(recorded["settings"])
-    out = []
-    for key in sorted(set(expected_settings) | set(found_settings)):
-        if key in PERFORMANCE_ONLY:
-            continue
-        if expected_settings.get(key) != found_settings.get(key):
-            out.append(
-                f"{key} {found_settings.get(key)!r} in the result, {expected_settings.get(key)!r} here"
-            )
-    data = recorded["data"]
-    resize = list(values["resize"]) if values["resize"] else None
-    for key, here in (
-        ("spec", values["data"]),
-        ("search_fraction", values["search_fraction"]),
-        ("seed", values["seed"]),
-        ("scale", values["scale"]),
-        ("resize", resize),
-    ):
-        if data.get(key) != here:
-            out.append(f"data {key} {data.get(key)!r} in the result, {here!r} here")
-    model = recorded["model"]
-    if model.get("path") != str(Path(values["model"])):
-        out.append(f"model {model.get('path')!r} in the result, {str(values['model'])!r} here")
-    elif model.get("sha256") != sha256(Path(values["model"])):
+    expected = run_settings(values)
+    out = expected.differences(recorded.settings)
+    if recorded.settings.model != expected.model:
+        out.append(f"model {str(recorded.settings.model)!r} in the result, {str(values['model'])!r} here")
+    elif recorded.model.sha256 != sha256(expected.model):
         out.append("the model file changed since the result was written (sha256)")
     return out
 
 
-def _normal(value: Any) -> Any:
-    """JSON's view of a value (tuples become lists), so recorded and expected settings compare equal."""
-    return json.loads(json.dumps(value))
-
-
-def resume_differences(request: RunRequest) -> list[str]:
-    """How an interrupted run's fingerprint differs from ``request``'s (empty: it can be resumed)."""
+def resume_differences(settings: RunSettings, out: Path) -> list[str]:
+    """How the interrupted run in ``out``'s work folder differs from ``settings`` (empty: resumable)."""
     from optsearch.run.resume import fingerprint_differences, read_request
-    from optsearch.run.runner import request_fingerprint
+    from optsearch.run.runner import run_fingerprint
 
     try:
-        recorded = read_request(partial_dir(request.out_dir))
+        recorded = read_request(partial_dir(out))
     except OptsearchError as err:
         return [str(err)]
-    return fingerprint_differences(recorded, request_fingerprint(request))
+    return fingerprint_differences(recorded, run_fingerprint(settings))
 
 
 def select(planned: Sequence[Planned], patterns: Sequence[str]) -> list[Planned]:
@@ -294,29 +263,6 @@ def select(planned: Sequence[Planned], patterns: Sequence[str]) -> list[Planned]
     return out
 
 
-def request_for(values: Mapping[str, Any]) -> RunRequest:
-    """The ``RunRequest`` of one job's settings (``optsearch run`` is a batch of one and uses it too)."""
-    from optsearch.run.inputs import DataSettings
-    from optsearch.run.runner import RunRequest
-
-    return RunRequest(
-        model_path=Path(values["model"]),
-        data=DataSettings(
-            values["data"], values["scale"], values["resize"], values["search_fraction"], values["seed"]
-        ),
-        search=search_settings(values),
-        out_dir=Path(values["out"]),
-        overwrite=bool(values["overwrite"]),
-        unsafe_load=bool(values["unsafe_load"]),
-        activation_point=values["activation_point"],
-        fold_bn=values["fold_bn"],
-        batch_size=values["batch_size"],
-        input_bits=values["input_bits"],
-        cache_mb=values["cache_mb"],
-        resume=bool(values.get("resume", False)),
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Running
 
@@ -335,18 +281,19 @@ def execute(
         try:
             from optsearch.run.runner import run
 
-            values = {**job.values, "overwrite": overwrite, "resume": False}
+            settings = run_settings(job.values)
+            resume = False
             if not overwrite and partial_dir(job.folder).is_dir():
                 # An interrupted run of this job: resume it when it was started with these settings,
                 # else start again (the work folder is no result; it is replaced, not resumed).
-                resumable = resume_differences(request_for({**values, "resume": True})) == []
-                values = {**values, "resume": resumable, "overwrite": not resumable}
+                resume = resume_differences(settings, job.folder) == []
+                overwrite = not resume
                 (echo or logged)(
                     f"resuming the interrupted run in {partial_dir(job.folder)}"
-                    if resumable
+                    if resume
                     else f"discarding {partial_dir(job.folder)}: it was started with other settings"
                 )
-            run(request_for(values), echo=echo or logged)
+            run(settings, job.folder, overwrite=overwrite, resume=resume, echo=echo or logged)
             return "done", "", time.perf_counter() - started
         except OptsearchError as err:
             return "failed", str(err), time.perf_counter() - started
@@ -490,8 +437,8 @@ def finish(
     if status not in ("done", "up to date"):
         return Outcome(job, status, message, seconds)
     try:
-        result = RunResult.from_dict(json.loads((job.folder / FORMATS_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        result = ResultFolder.at(job.folder).read()
+    except OptsearchError as err:
         return Outcome(job, "failed", f"cannot read {job.folder / FORMATS_FILE}: {err}", seconds)
     if seconds is None:
         seconds = result.timings.get("total_seconds")

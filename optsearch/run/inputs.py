@@ -16,18 +16,7 @@ from optsearch.core.tensors import ActivationPoint, FoldMode
 from optsearch.data import Dataset, Preprocess, fit_channel_axis, load_data, split, validate
 from optsearch.model.graph import Fold, QuantizedModel, fold_batchnorm, quantized_model
 from optsearch.model.loading import load_model
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Where the evaluation data come from and how they are prepared and split (spec §4)."""
-
-    spec: str
-    scale: float | None = None
-    resize: tuple[int, int] | None = None
-    search_fraction: float = 0.5
-    seed: int = 0
-    data_dir: str | None = None
+from optsearch.settings import DataSettings
 
 
 @dataclass
@@ -64,6 +53,7 @@ def prepare(
     unsafe_load: bool = False,
     activation_point: ActivationPoint = "activation",
     fold_bn: FoldMode = "off",
+    dataset: Dataset | None = None,
 ) -> Inputs:
     """Load the model (BatchNorms folded if asked) and its quantized clone; load, check and split the data."""
     path = Path(model_path)
@@ -74,7 +64,8 @@ def prepare(
     except ModelError as err:
         raise ModelError(f"{path}: {err}") from err
     classes = num_classes(model, path)
-    dataset = load_data(data.spec, data.data_dir)
+    if dataset is None:
+        dataset = load_data(data.spec, data.data_dir)
     input_shape = tuple(model.inputs[0].shape[1:])
     try:
         chosen = Preprocess(scale=data.scale, resize=data.resize)

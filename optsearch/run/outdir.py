@@ -16,11 +16,6 @@ from pathlib import Path
 from optsearch.core.errors import OptsearchError
 
 PARTIAL_SUFFIX = ".partial"
-#: The quantized Keras model a run writes into its output folder.
-MODEL_FILE = "quantized.keras"
-#: ``--fold-bn`` runs that folded something: the float model with the BatchNorms folded, which the
-#: formats belong to.
-FOLDED_MODEL_FILE = "folded_model.keras"
 
 
 def partial_dir(out_dir: Path) -> Path:

@@ -22,7 +22,7 @@ from typing import IO, Any
 from optsearch.core.errors import OptsearchError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
-from optsearch.search.opt_search import TensorDecision
+from optsearch.methods.opt_search import TensorDecision
 
 REQUEST_FILE = "request.json"
 DECISIONS_FILE = "decisions.jsonl"

@@ -1,16 +1,15 @@
 """The main job: search the formats of a model and write every output, atomically (spec §5-§8).
 
-Everything is written into the work folder ``<out>.partial`` beside the output folder, renamed into
-place only when the run has finished: an interrupted or failed run never leaves a half result. An
-interrupted run keeps its work folder (the decisions made so far) for ``--resume``.
+One run is four stages: ``prepare`` (model, data, evaluator, magnitudes), ``search_formats`` (Alg. 2
+over the evaluator, resumable per tensor), ``measure`` (accuracy and costs of the found formats) and
+``write_result`` (the folder). Everything is written into the work folder ``<out>.partial`` beside
+the output folder, renamed into place only when the run has finished: an interrupted or failed run
+never leaves a half result. An interrupted run keeps its work folder for ``--resume``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -18,36 +17,49 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
-from optsearch import __version__
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
+from optsearch.core.files import sha256
 from optsearch.core.fixedpoint import Format
-from optsearch.core.tensors import KIND_NAMES, ActivationPoint, FoldMode, TensorId
+from optsearch.core.netlist import DeployError, real_inputs
+from optsearch.core.tensors import KIND_NAMES, TensorId
 from optsearch.data import Dataset, batches
-from optsearch.deploy.netlist import DeployError, real_inputs
-from optsearch.evaluate.engine import DEFAULT_CACHE_MB, CachedEvaluator
+from optsearch.evaluate.engine import CachedEvaluator
 from optsearch.evaluate.keras import (
-    DEFAULT_BATCH_SIZE,
     KerasEvaluator,
     activation_ranges,
     below_chance_warning,
     predicted_classes,
 )
+from optsearch.methods.opt_search import (
+    EvaluationRecord,
+    SearchOutcome,
+    SearchSettings,
+    TensorDecision,
+    opt_search,
+    search_plan,
+)
+from optsearch.model.environment import versions
 from optsearch.model.graph import Fold, QuantizedModel, uniform_formats
-from optsearch.render.plots import plot_bitwidths, plot_loss_steps
-from optsearch.render.report import formats_csv, report_markdown
-from optsearch.results.result import Accuracy, Costs, LayerResult, RunResult, TensorResult
-from optsearch.run.deployed import read_netlist
-from optsearch.run.inputs import DataSettings, Inputs, prepare
-from optsearch.run.outdir import FOLDED_MODEL_FILE, MODEL_FILE, check_out_dir, partial_dir, work_dir
+from optsearch.model.netlist import read_netlist
+from optsearch.render.files import write_rendered
+from optsearch.results.folder import FOLDED_MODEL_FILE, LOG_FILE, MODEL_FILE, ResultFolder
+from optsearch.results.result import (
+    Accuracy,
+    Costs,
+    DataInfo,
+    LayerResult,
+    ModelInfo,
+    RunResult,
+    TensorResult,
+)
+from optsearch.run.inputs import Inputs, prepare
+from optsearch.run.outdir import check_out_dir, partial_dir, work_dir
 from optsearch.run.resume import (
     DECISIONS_FILE,
-    LOG_FILE,
     REQUEST_FILE,
     append_line,
     decision_to_dict,
@@ -57,33 +69,10 @@ from optsearch.run.resume import (
     trim_log,
     write_request,
 )
-from optsearch.search.opt_search import (
-    EvaluationRecord,
-    SearchSettings,
-    TensorDecision,
-    opt_search,
-    search_plan,
-)
+from optsearch.settings import RunSettings
 
 UNIFORM_BW = 8
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """Everything ``optsearch run`` needs to know."""
-
-    model_path: Path
-    data: DataSettings
-    search: SearchSettings
-    out_dir: Path
-    overwrite: bool = False
-    unsafe_load: bool = False
-    activation_point: ActivationPoint = "activation"
-    fold_bn: FoldMode = "off"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    input_bits: int = 8
-    cache_mb: float = DEFAULT_CACHE_MB
-    resume: bool = False
+Echo = Callable[[str], None]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -97,32 +86,89 @@ class RunInterrupted(KeyboardInterrupt):
         self.kept = kept
 
 
-def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
-    """Search the formats of ``request.model_path`` and write formats, report, plots, model, log.
+@dataclass
+class Prepared:
+    """A run's inputs, ready to search: the evaluator on the search set and each tensor's ``Z``."""
 
-    Everything is written into ``<out>.partial`` and renamed to ``--out`` at the end. With
-    ``request.resume`` the decisions recorded there by an interrupted run are applied, not searched
-    again; the fingerprint of the run (settings, model, data, versions) must match.
+    inputs: Inputs
+    evaluator: CachedEvaluator
+    ranges: dict[str, float]
+    magnitudes: dict[TensorId, float]
+    folding: dict[str, Any]
+    setup_seconds: float
+
+    @property
+    def qmodel(self) -> QuantizedModel:
+        return self.inputs.qmodel
+
+
+@dataclass(frozen=True)
+class Searched:
+    """What the search stage found, and the wall time it took (across resumes)."""
+
+    outcome: SearchOutcome
+    log: list[str]
+    seconds: float
+    seconds_before_resume: float | None
+
+
+def run(
+    settings: RunSettings,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    echo: Echo = print,
+    dataset: Dataset | None = None,
+) -> RunResult:
+    """Search the formats of ``settings.model`` and write formats, report, plots, model, log to ``out``.
+
+    Everything is written into ``<out>.partial`` and renamed to ``out`` at the end. With ``resume``
+    the decisions recorded there by an interrupted run are applied, not searched again; the
+    fingerprint of the run (settings, model, data, versions) must match. ``dataset`` replaces the
+    data that ``settings.data`` names (the Python API's arrays).
     """
     started = time.perf_counter()
-    check_out_dir(request.out_dir, request.overwrite, request.resume)
-    fingerprint = request_fingerprint(request)
-    work = partial_dir(request.out_dir)
-    if request.resume:
-        differences = fingerprint_differences(read_request(work), fingerprint)
-        if differences:
-            raise OptsearchError(
-                f"cannot resume {work}: it was started with other settings or inputs: "
-                + "; ".join(differences[:5])
-                + ". Resume with the settings it was started with, or pass --overwrite (without --resume) "
-                "to start again"
-            )
+    check_out_dir(out, overwrite, resume)
+    fingerprint = run_fingerprint(settings)
+    if resume:
+        _check_resumable(partial_dir(out), fingerprint)
+    prepared = prepare_run(settings, echo, dataset)
+    recorded = [0]
+
+    def keep(err: BaseException) -> bool:
+        """Keep the work folder of an interrupted or crashed run that has something to resume."""
+        return recorded[0] > 0 and not isinstance(err, OptsearchError)
+
+    with work_dir(out, overwrite, resume, keep) as tmp:
+        searched = search_formats(prepared, settings.search, tmp, fingerprint, resume, recorded, echo)
+        result = measure(prepared, settings, searched, started)
+        write_result(result, prepared, tmp)
+        for name in (REQUEST_FILE, DECISIONS_FILE):
+            (tmp / name).unlink(missing_ok=True)
+    return result
+
+
+def _check_resumable(work: Path, fingerprint: Mapping[str, Any]) -> None:
+    differences = fingerprint_differences(read_request(work), fingerprint)
+    if differences:
+        raise OptsearchError(
+            f"cannot resume {work}: it was started with other settings or inputs: "
+            + "; ".join(differences[:5])
+            + ". Resume with the settings it was started with, or pass --overwrite (without --resume) "
+            "to start again"
+        )
+
+
+def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = None) -> Prepared:
+    """Load and check model and data, build the search set's evaluator, measure every tensor's ``Z``."""
     inputs = prepare(
-        request.model_path,
-        request.data,
-        unsafe_load=request.unsafe_load,
-        activation_point=request.activation_point,
-        fold_bn=request.fold_bn,
+        settings.model,
+        settings.data,
+        unsafe_load=settings.unsafe_load,
+        activation_point=settings.activation_point,
+        fold_bn=settings.fold_bn,
+        dataset=dataset,
     )
     qmodel = inputs.qmodel
     folding: dict[str, Any] = {}
@@ -131,162 +177,161 @@ def run(request: RunRequest, echo: Callable[[str], None] = print) -> RunResult:
     if inputs.folds:
         parts = {"search": inputs.search, "held_out": inputs.held_out}
         folding["float_accuracy_before_folding"] = {
-            name: _unfolded_accuracy(inputs, part, request.batch_size)
+            name: _unfolded_accuracy(inputs, part, settings.batch_size)
             for name, part in parts.items()
             if part is not None
         }
     echo(
-        f"{request.model_path}: {len(qmodel.layers)} quantizable layers, {len(qmodel.tensors)} tensors; "
+        f"{settings.model}: {len(qmodel.layers)} quantizable layers, {len(qmodel.tensors)} tensors; "
         f"search set {len(inputs.search)} samples"
         + (f", held-out {len(inputs.held_out)}" if inputs.held_out is not None else ", no held-out set")
     )
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ranges = activation_ranges(qmodel, inputs.search, inputs.preprocess, request.batch_size)
-    search_eval = CachedEvaluator(
-        qmodel, inputs.search, inputs.preprocess, request.batch_size, request.cache_mb
+    ranges = activation_ranges(qmodel, inputs.search, inputs.preprocess, settings.batch_size)
+    evaluator = CachedEvaluator(
+        qmodel, inputs.search, inputs.preprocess, settings.batch_size, settings.cache_mb
     )
-    timings["setup_seconds"] = time.perf_counter() - t0
-    echo(f"float accuracy on the search set: {search_eval.float_accuracy:.2%}")
-    warning = below_chance_warning(search_eval.float_accuracy, inputs.num_classes, "search set")
+    setup_seconds = time.perf_counter() - t0
+    echo(f"float accuracy on the search set: {evaluator.float_accuracy:.2%}")
+    warning = below_chance_warning(evaluator.float_accuracy, inputs.num_classes, "search set")
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
-    magnitudes = {
-        t: (ranges[t.layer] if t.kind == "A" else qmodel.largest_magnitude(t)) for t in qmodel.tensors
-    }
-    tensors_by_layer = [q.tensors() for q in qmodel.layers]
-    plan = [t for t, _, _ in search_plan(tensors_by_layer, request.search)]
-    recorded = [0]
-
-    def keep(err: BaseException) -> bool:
-        """Keep the work folder of an interrupted or crashed run that has something to resume."""
-        return recorded[0] > 0 and not isinstance(err, OptsearchError)
-
-    with work_dir(request.out_dir, request.overwrite, request.resume, keep) as tmp:
-        write_request(tmp, fingerprint)
-        decided, log_lines, searched_before = load_decisions(tmp, plan) if request.resume else ({}, [], 0.0)
-        recorded[0] = len(decided)
-        trim_log(tmp, decided)
-        if request.resume:
-            echo(f"resuming {tmp}: {len(decided)} of {len(plan)} tensors decided before")
-        t0 = time.perf_counter()
-        last_decision = [t0]
-        pending: list[str] = []
-
-        def note(message: str) -> None:
-            pending.append(message)
-            tqdm.write(message, file=sys.stderr)
-
-        with (
-            open(tmp / LOG_FILE, "a") as log_file,
-            open(tmp / DECISIONS_FILE, "a") as decisions_file,
-            _Progress(qmodel, request.search) as progress,
-        ):
-
-            def decided_now(decision: TensorDecision) -> None:
-                recorded[0] += 1  # first: an interruption during the write still keeps the folder
-                now = time.perf_counter()
-                seconds, last_decision[0] = round(now - last_decision[0], 3), now
-                line = {"decision": decision_to_dict(decision), "notes": pending, "seconds": seconds}
-                append_line(decisions_file, line)
-                log_lines.extend(pending)
-                pending.clear()
-                progress.decided(decision)
-
-            for decision in decided.values():
-                progress.decided(decision)
-            try:
-                outcome = opt_search(
-                    search_eval,
-                    tensors_by_layer,
-                    magnitudes,
-                    request.search,
-                    on_evaluation=lambda record: (
-                        _write_record(log_file, record),
-                        progress.evaluated(record),
-                    ),
-                    on_decision=decided_now,
-                    decided=decided,
-                    log=note,
-                )
-            except KeyboardInterrupt as err:
-                raise RunInterrupted(recorded[0], len(plan), tmp, recorded[0] > 0) from err
-        timings["search_seconds"] = searched_before + time.perf_counter() - t0
-        if request.resume:
-            timings["search_seconds_before_resume"] = searched_before
-        t0 = time.perf_counter()
-        found = outcome.formats
-        steps = _steps(outcome.decisions, search_eval, request.search.independent)
-        uniform8 = uniform_formats(qmodel, UNIFORM_BW, ranges, request.search.offset_rule)
-        accuracy = {"search": _accuracy(search_eval, found, uniform8)}
-        if inputs.held_out is not None:
-            held_eval = KerasEvaluator(qmodel, inputs.held_out, inputs.preprocess, request.batch_size)
-            accuracy["held_out"] = _accuracy(held_eval, found, uniform8)
-        timings["report_evaluation_seconds"] = time.perf_counter() - t0
-        qmodel.set_formats(found)
-        qmodel.save(str(tmp / MODEL_FILE))
-        float_inputs = _float_inputs(qmodel, found)
-        if any(fold.into for fold in inputs.folds):  # the float model the formats belong to
-            qmodel.float_model.save(str(tmp / FOLDED_MODEL_FILE))
-        timings["total_seconds"] = time.perf_counter() - started
-        result = RunResult(
-            model={**_model_info(inputs), **folding, **float_inputs},
-            data=_data_info(inputs, request.data),
-            settings=_settings_info(request),
-            layers=_layer_results(qmodel, outcome.decisions, magnitudes),
-            accuracy=accuracy,
-            costs=_costs(qmodel, found, request.input_bits),
-            steps=steps,
-            # Every decision's evaluations, also those made before a resume (the same as one run).
-            evaluations=sum(d.evaluations for d in outcome.decisions),
-            timings={**timings, "forward_passes": float(search_eval.passes)},
-            versions=versions(),
-            log=log_lines,
-        )
-        write_outputs(result, tmp)
-        for name in (REQUEST_FILE, DECISIONS_FILE):
-            (tmp / name).unlink(missing_ok=True)
-    return result
+    return Prepared(inputs, evaluator, ranges, qmodel.magnitudes(ranges), folding, setup_seconds)
 
 
-def request_fingerprint(request: RunRequest) -> dict[str, Any]:
-    """What decides a run's result, recorded in its work folder and compared by ``--resume``.
+def search_formats(
+    prepared: Prepared,
+    search: SearchSettings,
+    tmp: Path,
+    fingerprint: Mapping[str, Any],
+    resume: bool,
+    recorded: list[int],
+    echo: Echo,
+) -> Searched:
+    """Alg. 2 over the search set's evaluator, every evaluation and decision written as it happens.
 
-    The search settings (``batch_size`` included: it decides how the data are batched), the model
-    and data files by sha256, and the versions of the libraries and the machine. ``cache_mb`` only
-    changes what is recomputed, not any number, and is left out.
+    ``recorded[0]`` counts the decisions on disk (the caller keeps the work folder when it is > 0).
     """
-    settings = {k: v for k, v in _settings_info(request).items() if k != "cache_mb"}
-    data = request.data
-    spec_path = Path(data.spec)
-    data_info: dict[str, Any] = {
-        "spec": data.spec,
-        "scale": data.scale,
-        "resize": list(data.resize) if data.resize else None,
-        "search_fraction": data.search_fraction,
-        "seed": data.seed,
-    }
-    if spec_path.is_file():
-        data_info["sha256"] = sha256(spec_path)
-    model = {"path": str(request.model_path)}
-    if request.model_path.is_file():
-        model["sha256"] = sha256(request.model_path)
+    qmodel = prepared.qmodel
+    tensors_by_layer = [q.tensors() for q in qmodel.layers]
+    plan = [t for t, _, _ in search_plan(tensors_by_layer, search)]
+    write_request(tmp, fingerprint)
+    decided, log_lines, searched_before = load_decisions(tmp, plan) if resume else ({}, [], 0.0)
+    recorded[0] = len(decided)
+    trim_log(tmp, decided)
+    if resume:
+        echo(f"resuming {tmp}: {len(decided)} of {len(plan)} tensors decided before")
+    t0 = time.perf_counter()
+    last_decision = [t0]
+    pending: list[str] = []
+
+    def note(message: str) -> None:
+        pending.append(message)
+        tqdm.write(message, file=sys.stderr)
+
+    with (
+        open(tmp / LOG_FILE, "a") as log_file,
+        open(tmp / DECISIONS_FILE, "a") as decisions_file,
+        _Progress(qmodel, search) as progress,
+    ):
+
+        def decided_now(decision: TensorDecision) -> None:
+            recorded[0] += 1  # first: an interruption during the write still keeps the folder
+            now = time.perf_counter()
+            seconds, last_decision[0] = round(now - last_decision[0], 3), now
+            line = {"decision": decision_to_dict(decision), "notes": pending, "seconds": seconds}
+            append_line(decisions_file, line)
+            log_lines.extend(pending)
+            pending.clear()
+            progress.decided(decision)
+
+        def evaluated(record: EvaluationRecord) -> None:
+            _write_record(log_file, record)
+            progress.evaluated(record)
+
+        for decision in decided.values():
+            progress.decided(decision)
+        try:
+            outcome = opt_search(
+                prepared.evaluator,
+                tensors_by_layer,
+                prepared.magnitudes,
+                search,
+                on_evaluation=evaluated,
+                on_decision=decided_now,
+                decided=decided,
+                log=note,
+            )
+        except KeyboardInterrupt as err:
+            raise RunInterrupted(recorded[0], len(plan), tmp, recorded[0] > 0) from err
+    return Searched(
+        outcome,
+        log_lines,
+        searched_before + time.perf_counter() - t0,
+        searched_before if resume else None,
+    )
+
+
+def measure(prepared: Prepared, settings: RunSettings, searched: Searched, started: float) -> RunResult:
+    """Accuracy of the found formats and of uniform 8-bit on every data part, and the costs."""
+    inputs, qmodel, search_eval = prepared.inputs, prepared.qmodel, prepared.evaluator
+    timings = {"setup_seconds": prepared.setup_seconds, "search_seconds": searched.seconds}
+    if searched.seconds_before_resume is not None:
+        timings["search_seconds_before_resume"] = searched.seconds_before_resume
+    t0 = time.perf_counter()
+    outcome = searched.outcome
+    found = outcome.formats
+    steps = _steps(outcome.decisions, search_eval, settings.search.independent)
+    uniform8 = uniform_formats(qmodel, UNIFORM_BW, prepared.ranges, settings.search.offset_rule)
+    accuracy = {"search": _accuracy(search_eval, found, uniform8)}
+    if inputs.held_out is not None:
+        held_eval = KerasEvaluator(qmodel, inputs.held_out, inputs.preprocess, settings.batch_size)
+        accuracy["held_out"] = _accuracy(held_eval, found, uniform8)
+    timings["report_evaluation_seconds"] = time.perf_counter() - t0
+    qmodel.set_formats(found)
+    timings["total_seconds"] = time.perf_counter() - started
+    return RunResult(
+        model=_model_info(inputs, prepared.folding, _float_inputs(qmodel, found)),
+        data=DataInfo(
+            source=inputs.search.source.split(" [")[0],
+            search_samples=len(inputs.search),
+            held_out_samples=len(inputs.held_out) if inputs.held_out is not None else 0,
+        ),
+        settings=settings,
+        layers=_layer_results(qmodel, outcome.decisions, prepared.magnitudes),
+        accuracy=accuracy,
+        costs=_costs(qmodel, found, settings.input_bits),
+        steps=steps,
+        # Every decision's evaluations, also those made before a resume (the same as one run).
+        evaluations=sum(d.evaluations for d in outcome.decisions),
+        timings={**timings, "forward_passes": float(search_eval.passes)},
+        versions=versions(),
+        log=searched.log,
+    )
+
+
+def write_result(result: RunResult, prepared: Prepared, folder: Path) -> None:
+    """The quantized model (with the found formats set), the folded float model if any, and every
+    file rendered from ``result``."""
+    qmodel = prepared.qmodel
+    qmodel.save(str(folder / MODEL_FILE))
+    if any(fold.into for fold in prepared.inputs.folds):  # the float model the formats belong to
+        qmodel.float_model.save(str(folder / FOLDED_MODEL_FILE))
+    ResultFolder.at(folder).write_json(result)
+    write_rendered(result, folder)
+
+
+def run_fingerprint(settings: RunSettings) -> dict[str, Any]:
+    """What decides a run's result, recorded in its work folder and compared by ``--resume``: the
+    settings, the model and data files by sha256, and the versions of the libraries and the machine."""
+    spec_path = Path(settings.data.spec)
     return {
-        "settings": settings,
-        "model": model,
-        "data": data_info,
-        "unsafe_load": request.unsafe_load,
+        **settings.fingerprint(
+            sha256(settings.model) if settings.model.is_file() else None,
+            sha256(spec_path) if spec_path.is_file() else None,
+        ),
         "versions": versions(),
     }
-
-
-def write_outputs(result: RunResult, folder: Path) -> None:
-    """formats.json, formats.csv, report.md and the plots, all rendered from ``result``."""
-    (folder / "formats.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    (folder / "formats.csv").write_text(formats_csv(result))
-    (folder / "report.md").write_text(report_markdown(result))
-    plot_bitwidths(result, folder / "bitwidths.png")
-    plot_loss_steps(result, folder / "loss_steps.png")
 
 
 def _write_record(stream: IO[str], record: EvaluationRecord) -> None:
@@ -402,7 +447,7 @@ def _layer_results(
     by_tensor = {d.tensor: d for d in decisions}
     layers = []
     for q in qmodel.layers:
-        tensors = {}
+        tensors: dict[str, TensorResult] = {}
         for tensor in q.tensors():
             d = by_tensor[tensor]
             tensors[tensor.kind] = TensorResult(
@@ -434,37 +479,27 @@ def _layer_results(
     return layers
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _model_info(inputs: Inputs, folding: Mapping[str, Any], float_inputs: dict[str, str] | None) -> ModelInfo:
+    return ModelInfo(
+        name=inputs.model_path.stem,
+        sha256=sha256(inputs.model_path),
+        input_shape=list(inputs.model.inputs[0].shape[1:]),
+        classes=inputs.num_classes,
+        batchnorm_folds=[asdict(fold) for fold in inputs.folds] if inputs.folds else None,
+        float_accuracy_before_folding=folding.get("float_accuracy_before_folding"),
+        float_inputs=float_inputs,
+    )
 
 
-def _model_info(inputs: Inputs) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "path": str(inputs.model_path),
-        "name": inputs.model_path.stem,
-        "sha256": sha256(inputs.model_path),
-        "input_shape": list(inputs.model.inputs[0].shape[1:]),
-        "classes": inputs.num_classes,
-    }
-    if inputs.folds:
-        info["batchnorm_folds"] = [asdict(fold) for fold in inputs.folds]
-    return info
-
-
-def _float_inputs(qmodel: QuantizedModel, found: Mapping[TensorId, Format]) -> dict[str, Any]:
-    """``float_inputs``: each quantizable layer that reads a real-valued input, and the layer that
-    makes it real (a float BatchNorm, a Rescaling, ...), for the report's note on hardware; nothing
-    when the network is not one the deployment references read (its exporters say why)."""
+def _float_inputs(qmodel: QuantizedModel, found: Mapping[TensorId, Format]) -> dict[str, str] | None:
+    """Each quantizable layer that reads a real-valued input, and the layer that makes it real (a float
+    BatchNorm, a Rescaling, ...), for the report's note on hardware; None when the network is not one
+    the deployment references read (its exporters say why)."""
     try:
         netlist = read_netlist(qmodel.keras_model, found, qmodel.keras_model.name)
     except DeployError:
-        return {}
-    causes = {layer: f"{node.source} '{node.name}'" for layer, node in real_inputs(netlist).items()}
-    return {"float_inputs": causes}
+        return None
+    return {layer: f"{node.source} '{node.name}'" for layer, node in real_inputs(netlist).items()}
 
 
 def _fold_line(fold: Fold) -> str:
@@ -482,106 +517,3 @@ def _unfolded_accuracy(inputs: Inputs, part: Dataset, batch_size: int) -> float:
         scores = inputs.model(x, training=False)
         correct += int(np.sum(predicted_classes(scores).numpy() == y))
     return correct / len(part)
-
-
-def _data_info(inputs: Inputs, data: DataSettings) -> dict[str, Any]:
-    return {
-        "source": inputs.search.source.split(" [")[0],
-        "spec": data.spec,
-        "search_samples": len(inputs.search),
-        "held_out_samples": len(inputs.held_out) if inputs.held_out is not None else 0,
-        "search_fraction": data.search_fraction,
-        "seed": data.seed,
-        "scale": data.scale,
-        "resize": list(data.resize) if data.resize else None,
-    }
-
-
-def _settings_info(request: RunRequest) -> dict[str, Any]:
-    s = request.search
-    return {
-        "eps": s.eps,
-        "independent": s.independent,
-        "bw0": dict(s.bw0),
-        "bw0_step": s.bw0_step,
-        "bw0_cap": s.bw0_cap,
-        "delta": s.delta,
-        "offset_rule": s.offset_rule,
-        "type_order": list(s.type_order),
-        "layer_order": s.layer_order,
-        "interleave": s.interleave,
-        "allocation": {kind: asdict(rule) for kind, rule in s.allocation.items()},
-        "activation_point": request.activation_point,
-        "fold_bn": request.fold_bn,
-        "input_bits": request.input_bits,
-        "batch_size": request.batch_size,
-        "cache_mb": request.cache_mb,
-    }
-
-
-#: CPU instruction-set extensions that change which kernels TensorFlow and oneDNN run.
-_SIMD_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-)
-
-
-def versions() -> dict[str, str]:
-    """Versions that decide the numbers (recorded in formats.json; see docs/robustness.md)."""
-    return {
-        "optsearch": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "machine": platform.machine(),
-        "cpu_flags": cpu_flags(),
-        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-    }
-
-
-def cpu_flags() -> str:
-    """The SIMD extensions of this CPU that TensorFlow may use (from /proc/cpuinfo; "unknown" elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                if line.startswith(("flags", "Features")):
-                    present = set(line.partition(":")[2].split())
-                    return " ".join(f for f in _SIMD_FLAGS if f in present) or "none"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def load_formats(path: Path, qmodel: QuantizedModel) -> dict[TensorId, Format]:
-    """The formats of a formats.json, checked against the model: every tensor, nothing else."""
-    try:
-        data = json.loads(path.read_text())
-        layers = data["layers"]
-        formats = {
-            TensorId(layer["name"], kind): Format(int(t["bw"]), int(t["f"]))
-            for layer in layers
-            for kind, t in layer["tensors"].items()
-        }
-    except FileNotFoundError as err:
-        raise OptsearchError(f"formats file not found: {path}") from err
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise OptsearchError(
-            f"{path} is not a formats.json written by `optsearch run` ({type(err).__name__}: {err})"
-        ) from err
-    expected = set(qmodel.tensors)
-    missing = sorted(str(t) for t in expected - set(formats))
-    extra = sorted(str(t) for t in set(formats) - expected)
-    if missing or extra:
-        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
-            [f"not in the model {', '.join(extra[:5])}"] if extra else []
-        )
-        raise OptsearchError(f"{path} does not match the model: {'; '.join(parts)}")
-    return formats

@@ -14,7 +14,7 @@ from optsearch.core.allocation import PAPER_ALLOCATION, Allocation, check_alloca
 from optsearch.core.errors import OptsearchError
 from optsearch.core.fixedpoint import PRUNED_BW, Format, OffsetRule, start_format
 from optsearch.core.tensors import KIND_NAMES, TENSOR_KINDS, TensorId, TensorKind
-from optsearch.search.evaluator import Evaluation, Evaluator, eval_acc_loss
+from optsearch.methods.evaluator import Evaluation, Evaluator, eval_acc_loss
 
 LayerOrder = Literal["forward", "reverse"]
 LAYER_ORDERS: tuple[LayerOrder, ...] = ("forward", "reverse")
