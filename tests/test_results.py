@@ -95,8 +95,8 @@ def test_differences_name_what_changed() -> None:
 
 
 def test_a_folder_without_a_result_is_one_error(tmp_path: Path) -> None:
-    with pytest.raises(ResultError, match="has no formats.json"):
+    with pytest.raises(ResultError, match=r"has no formats\.json"):
         ResultFolder.at(tmp_path).read()
     (tmp_path / "formats.json").write_text("{}")
-    with pytest.raises(ResultError, match="not a formats.json written by `optsearch run`"):
+    with pytest.raises(ResultError, match=r"not a formats\.json written by `optsearch run`"):
         ResultFolder.at(tmp_path).read()

@@ -28,10 +28,10 @@ import tensorflow as tf
 from optsearch.core.fixedpoint import Format, quantize
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
-from optsearch.evaluate.keras import DEFAULT_BATCH_SIZE, KerasEvaluator, input_spec, predicted_classes
+from optsearch.evaluate.keras import KerasEvaluator, input_spec, predicted_classes
 from optsearch.methods.evaluator import Evaluation, settled
 from optsearch.model.graph import QuantizedModel, Segment
-from optsearch.settings import DEFAULT_CACHE_MB
+from optsearch.settings import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB
 
 #: Traced functions kept, least recently used dropped first. Weights and biases of a layer share
 #: a cut, so with W -> B -> A the bias sweep reuses the weight sweep's traces.

@@ -129,7 +129,7 @@ def find_quantizable_layers(
     """
     if activation_point not in ACTIVATION_POINTS:
         raise ValueError(f"activation_point must be one of {ACTIVATION_POINTS}, got {activation_point!r}")
-    graph = _Graph(as_functional(model))
+    graph = ModelGraph(as_functional(model))
     found: list[QuantizableLayer] = []
     for layer in graph.layers:
         class_name = type(layer).__name__
@@ -149,7 +149,7 @@ def find_quantizable_layers(
                 has_bias=bias is not None,
                 weight_count=sum(int(np.prod(w.shape)) for w in kernels),
                 bias_count=int(np.prod(bias.shape)) if bias is not None else 0,
-                activation_count=_per_sample(graph.output_shape(at)),
+                activation_count=per_sample(graph.output_shape(at)),
                 macs=_macs(layer, graph.output_shape(layer.name)),
                 input_sources=(),
             )
@@ -166,7 +166,13 @@ def find_quantizable_layers(
     ]
 
 
-class _Graph:
+def graph_nodes(model: keras.Model) -> list[Any]:
+    """The call nodes of ``model``'s own graph, shallowest first: the one walk every reader of a
+    Keras graph uses (a layer's ``_inbound_nodes`` would also hold calls made outside this graph)."""
+    return [node for depth in sorted(model._nodes_by_depth) for node in model._nodes_by_depth[depth]]
+
+
+class ModelGraph:
     """Producers and consumers of every layer of a functional model, read from its own nodes.
 
     A layer's ``_inbound_nodes`` also hold calls made outside this graph (a reloaded Sequential
@@ -180,7 +186,7 @@ class _Graph:
                 f"model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                 "optsearch supports one image input and one class-score output"
             )
-        nodes = [node for depth in sorted(model._nodes_by_depth) for node in model._nodes_by_depth[depth]]
+        nodes = graph_nodes(model)
         uses: dict[str, int] = {}
         self.node_of: dict[str, Any] = {}
         for node in nodes:
@@ -277,7 +283,7 @@ def _activation_name(fn: Any) -> str | None:
     return str(name)
 
 
-def _per_sample(shape: Sequence[int | None]) -> int:
+def per_sample(shape: Sequence[int | None]) -> int:
     return int(np.prod([d for d in shape[1:] if d is not None]))
 
 
@@ -285,8 +291,8 @@ def _macs(layer: Any, out: tuple[int | None, ...]) -> int:
     """Multiply-accumulates per sample of a quantizable layer with output shape ``out``."""
     cls = type(layer).__name__
     if cls == "Dense":
-        return int(layer.kernel.shape[0]) * _per_sample(out)
-    positions = _per_sample(out[:-1])
+        return int(layer.kernel.shape[0]) * per_sample(out)
+    positions = per_sample(out[:-1])
     if cls.startswith("Separable"):
         depthwise = int(np.prod(layer.depthwise_kernel.shape))
         pointwise = int(np.prod(layer.pointwise_kernel.shape))
@@ -440,7 +446,7 @@ class QuantizedModel:
         One for a chain, several for branched models; in a stable order (the producing layers' order).
         """
         model = self.keras_model
-        nodes = [node for depth in sorted(model._nodes_by_depth) for node in model._nodes_by_depth[depth]]
+        nodes = graph_nodes(model)
         consumers: dict[str, set[str]] = {}
         inputs_of: dict[str, list[Any]] = {}
         for node in nodes:
@@ -634,7 +640,7 @@ def _is_last_axis(bn: Any, rank: int) -> bool:
     return axis is not None and axis in (-1, rank - 1)
 
 
-def _fold_plan(graph: _Graph, mode: str) -> list[Fold]:
+def _fold_plan(graph: ModelGraph, mode: str) -> list[Fold]:
     """Decide, for every BatchNorm of ``graph``, where it folds (spec: an integer-only network)."""
     plans: list[Fold] = []
     for layer in graph.layers:
@@ -663,7 +669,9 @@ def _fold_plan(graph: _Graph, mode: str) -> list[Fold]:
     return plans
 
 
-def _forward_targets(graph: _Graph, bn: str, positive: bool, mode: str) -> tuple[tuple[str, ...], str, bool]:
+def _forward_targets(
+    graph: ModelGraph, bn: str, positive: bool, mode: str
+) -> tuple[tuple[str, ...], str, bool]:
     """The quantizable layers BN's output reaches through layers it commutes with, or () and why not."""
     targets: list[str] = []
     exact = True
@@ -719,7 +727,7 @@ def fold_batchnorm(model: keras.Model, mode: FoldMode = "exact") -> tuple[keras.
     if mode not in FOLD_MODES or mode == "off":
         return model, []
     functional = as_functional(model)
-    graph = _Graph(functional)
+    graph = ModelGraph(functional)
     plans = _fold_plan(graph, mode)
     folded = {p.batchnorm: p for p in plans if p.into}
     gains_bias = {t for p in folded.values() for t in p.into if not graph.by_name[t].use_bias}

@@ -16,7 +16,7 @@ import numpy as np
 from optsearch.core.fixedpoint import Format, to_codes
 from optsearch.core.netlist import DeployError, FixedArray, Netlist, Node
 from optsearch.core.tensors import TensorId
-from optsearch.model.graph import INFERENCE_IDENTITY_CLASSES, QUANTIZER_SUFFIX, as_functional
+from optsearch.model.graph import INFERENCE_IDENTITY_CLASSES, QUANTIZER_SUFFIX, as_functional, graph_nodes
 
 _IDENTITY = INFERENCE_IDENTITY_CLASSES
 _CONV = ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
@@ -27,10 +27,7 @@ def read_netlist(model: keras.Model, formats: Mapping[TensorId, Format], name: s
     model = as_functional(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise DeployError(f"model '{name}' has several inputs or outputs; the references need one of each")
-    node_of: dict[str, Any] = {}
-    for depth in sorted(model._nodes_by_depth):
-        for node in model._nodes_by_depth[depth]:
-            node_of[node.operation.name] = node
+    node_of: dict[str, Any] = {node.operation.name: node for node in graph_nodes(model)}
     weighted = {t.layer for t in formats}
     nodes: list[Node] = []
     for layer in model.operations:

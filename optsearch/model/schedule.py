@@ -26,11 +26,11 @@ from optsearch.core.tensors import ActivationPoint, TensorId
 from optsearch.model.graph import (
     INFERENCE_IDENTITY_CLASSES,
     SOFTMAX_SUFFIX,
+    ModelGraph,
     QuantizableLayer,
-    _Graph,
-    _per_sample,
     as_functional,
     find_quantizable_layers,
+    per_sample,
 )
 
 
@@ -44,7 +44,7 @@ def activation_schedule(
     ``layers`` are the quantizable layers the search used (``find_quantizable_layers(model,
     activation_point)`` when None); each one's ``A_l`` buffer is marked with ``TensorId(l, "A")``.
     """
-    graph = _Graph(as_functional(model))
+    graph = ModelGraph(as_functional(model))
     if layers is None:
         layers = find_quantizable_layers(model, activation_point)
     heads = {q.name: q for q in layers}
@@ -53,7 +53,7 @@ def activation_schedule(
 
     input_name = graph.model.inputs[0]._keras_history.operation.name
     buffer_of = {input_name: input_name}
-    buffers = [Buffer(input_name, _per_sample(graph.output_shape(input_name)))]
+    buffers = [Buffer(input_name, per_sample(graph.output_shape(input_name)))]
     steps: list[Step] = []
 
     def reads(name: str) -> tuple[str, ...]:
@@ -66,7 +66,7 @@ def activation_schedule(
         if name in heads:
             q = heads[name]
             end = q.activation_at
-            buffers.append(Buffer(end, _per_sample(graph.output_shape(end)), TensorId(q.name, "A")))
+            buffers.append(Buffer(end, per_sample(graph.output_shape(end)), TensorId(q.name, "A")))
             steps.append(Step(q.name, reads(name), end, chains[name]))
             buffer_of[end] = end
             if q.split_softmax:
@@ -77,13 +77,13 @@ def activation_schedule(
         elif type(layer).__name__ in INFERENCE_IDENTITY_CLASSES:
             buffer_of[name] = buffer_of[graph.producers[name][0]]
         else:
-            buffers.append(Buffer(name, _per_sample(graph.output_shape(name))))
+            buffers.append(Buffer(name, per_sample(graph.output_shape(name))))
             steps.append(Step(name, reads(name), name, (name,)))
             buffer_of[name] = name
     return Schedule(input_name, buffer_of[graph.output_layer], tuple(buffers), tuple(steps))
 
 
-def _chain(graph: _Graph, q: QuantizableLayer) -> tuple[str, ...]:
+def _chain(graph: ModelGraph, q: QuantizableLayer) -> tuple[str, ...]:
     """``q`` and the single-consumer element-wise layers after it, up to its activation point."""
     chain = [q.name]
     while chain[-1] != q.activation_at:
