@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from test_export import exported_helper
 
 from optsearch.cli.main import cli
-from optsearch.model.graph import fold_batchnorm, quantized_model
+from optsearch.model.folding import fold_batchnorm
+from optsearch.model.graph import quantized_model
 from optsearch.model.zoo import build
 
 L = keras.layers

@@ -14,7 +14,8 @@ import keras
 from optsearch.core.errors import DataError, ModelError
 from optsearch.core.tensors import ActivationPoint, FoldMode
 from optsearch.data import Dataset, Preprocess, fit_channel_axis, load_data, split, validate
-from optsearch.model.graph import Fold, QuantizedModel, fold_batchnorm, quantized_model
+from optsearch.model.folding import Fold, fold_batchnorm
+from optsearch.model.graph import QuantizedModel, quantized_model
 from optsearch.model.loading import load_model
 from optsearch.settings import DataSettings
 

@@ -43,7 +43,8 @@ from optsearch.methods.opt_search import (
     search_plan,
 )
 from optsearch.model.environment import versions
-from optsearch.model.graph import Fold, QuantizedModel, uniform_formats
+from optsearch.model.folding import Fold
+from optsearch.model.graph import QuantizedModel, uniform_formats
 from optsearch.model.netlist import read_netlist
 from optsearch.render.files import write_rendered
 from optsearch.results.folder import FOLDED_MODEL_FILE, LOG_FILE, MODEL_FILE, ResultFolder
