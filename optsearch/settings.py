@@ -80,6 +80,8 @@ class RunSettings:
             "layer_order": s.layer_order,
             "interleave": s.interleave,
             "allocation": {kind: asdict(rule) for kind, rule in s.allocation.items()},
+            "criterion": s.criterion,
+            "confidence": s.confidence,
             "activation_point": self.activation_point,
             "fold_bn": self.fold_bn,
             "input_bits": self.input_bits,
@@ -112,6 +114,9 @@ class RunSettings:
             layer_order=settings["layer_order"],
             interleave=bool(settings["interleave"]),
             allocation=allocation,
+            # formats.json files of 0.1.0 have neither: they searched with Alg. 2's own test.
+            criterion=settings.get("criterion", "paper"),
+            confidence=settings.get("confidence", defaults.confidence),
         )
         resize = data.get("resize")
         return cls(

@@ -95,6 +95,7 @@ def zoo(files: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
         tmp_path / "zoo.yaml",
         f"out: {tmp_path / 'runs'}\n"
         "defaults:\n"
+        "  criterion: paper\n"
         f"  data: {files['data']}\n"
         "jobs:\n"
         f"  - model: {files['model']}\n"
@@ -243,7 +244,7 @@ def test_run_config_with_an_override_and_a_check(files: dict[str, Path], tmp_pat
     out = tmp_path / "single"
     job = _write(
         tmp_path / "job.yaml",
-        f"model: {files['model']}\ndata: {files['data']}\neps: 0.05\nseed: 1\nout: {out}\n"
+        f"model: {files['model']}\ndata: {files['data']}\neps: 0.05\nseed: 1\nout: {out}\ncriterion: paper\n"
         f"check:\n  baseline: {tmp_path}/base.json\n  max_loss: 0.5\n",
     )
     (tmp_path / "base.json").write_text("{}")

@@ -16,7 +16,18 @@ from optsearch.results.result import TIMING_FIELDS, without_timings
 
 
 def test_two_processes_write_the_same_formats_json(files: dict[str, Path], tmp_path: Path) -> None:
-    args = ["run", str(files["model"]), "--data", str(files["data"]), "--eps", "0.02", "--seed", "1"]
+    args = [
+        "run",
+        str(files["model"]),
+        "--data",
+        str(files["data"]),
+        "--eps",
+        "0.02",
+        "--seed",
+        "1",
+        "--criterion",
+        "paper",
+    ]
     here = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "here")])
     assert here.exit_code == 0, here.output
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from optsearch.core.allocation import Allocation, constant_allocation
+from optsearch.core.confidence import AcceptanceTest
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset
@@ -198,3 +199,35 @@ def test_memo_by_content() -> None:
     engine.evaluate({weights: tiny}, varying=weights)
     engine.evaluate({weights: Format(1, 0)}, varying=weights)  # pruned: also all zeros
     assert (engine.passes, engine.memo_hits) == (2, 2)
+
+
+def test_guarded_searches_decide_as_without_early_stopping(setup: tuple[QuantizedModel, Dataset]) -> None:
+    """Under the guarded criterion, the engine (early rejection, memo, incremental cuts) makes the
+    decisions of an evaluator that sees every sample of every candidate (the naive one's counts)."""
+    qmodel, data = setup
+    acceptance = AcceptanceTest("guarded", 0.9)
+    settings = SearchSettings(eps=0.2, criterion="guarded", confidence=0.9)
+    tensors = [q.tensors() for q in qmodel.layers]
+    magnitudes = _magnitudes(qmodel, data)
+
+    class Full:
+        """The engine's evaluator with early stopping switched off (max_loss, must_beat dropped)."""
+
+        def __init__(self) -> None:
+            self.inner = KerasEvaluator(qmodel, data, batch_size=64, acceptance=acceptance)
+
+        @property
+        def float_accuracy(self) -> float:
+            return self.inner.float_accuracy
+
+        def evaluate(self, formats: dict[TensorId, object], **_: object) -> object:
+            return self.inner.evaluate(formats)  # type: ignore[arg-type]
+
+    full = opt_search(Full(), tensors, magnitudes, settings)  # type: ignore[arg-type]
+    engine_eval = CachedEvaluator(qmodel, data, batch_size=64, acceptance=acceptance)
+    fast = opt_search(engine_eval, tensors, magnitudes, settings)
+    assert [(d.tensor, d.fmt, d.loss, d.bound, d.rule) for d in fast.decisions] == [
+        (d.tensor, d.fmt, d.loss, d.bound, d.rule) for d in full.decisions
+    ]
+    assert all(d.bound is not None and d.bound >= d.loss for d in fast.decisions if d.evaluations)
+    assert engine_eval.samples_run < full.evaluations * len(data)

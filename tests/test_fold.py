@@ -177,6 +177,8 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
             str(files["data"]),
             "--eps",
             "0.05",
+            "--criterion",
+            "paper",
             "--fold-bn",
             "exact",
             "--out",
@@ -216,7 +218,18 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
 
 def test_a_run_without_folds_saves_no_folded_model(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "plain"
-    args = ["run", str(files["model"]), "--data", str(files["data"]), "--eps", "0.05", "--out", str(out)]
+    args = [
+        "run",
+        str(files["model"]),
+        "--data",
+        str(files["data"]),
+        "--eps",
+        "0.05",
+        "--out",
+        str(out),
+        "--criterion",
+        "paper",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert not (out / "folded_model.keras").exists()

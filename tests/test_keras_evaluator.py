@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from optsearch.core.confidence import AcceptanceTest, loss_upper_bound
 from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format, quantize
 from optsearch.core.tensors import TensorId
@@ -182,3 +183,52 @@ def test_relative_loss_definition() -> None:
     assert relative_loss(100, 101) == -0.01
     with pytest.raises(ValueError, match="undefined"):
         relative_loss(0, 0)
+
+
+def _guarded_evaluator(fragile_first: bool) -> KerasEvaluator:
+    key = f"guarded-{fragile_first}"
+    if key not in _CACHE:
+        _CACHE[key] = KerasEvaluator(
+            quantized_model(_identity_model()),
+            _data(),
+            batch_size=16,
+            fragile_first=fragile_first,
+            acceptance=AcceptanceTest("guarded", 0.95),
+        )
+    return _CACHE[key]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.floats(0.0, 1.0),
+    st.sampled_from([Format(1, 0), Format(2, 0), Format(3, 1), Format(4, 2), Format(8, 4)]),
+    st.booleans(),
+    st.floats(0.0, 1.0) | st.none(),
+)
+def test_guarded_early_stop_never_changes_the_decision(
+    max_loss: float, fmt: Format, fragile_first: bool, must_beat: float | None
+) -> None:
+    """The guarded test stops a candidate only when no completion brings its bound back under the
+    budget (or below ``must_beat``): accepting, and beating, come out as a full evaluation says."""
+    evaluator = _guarded_evaluator(fragile_first)
+    full = evaluator.evaluate({A: fmt})
+    assert full.bound is not None and full.bound >= full.loss
+    counts = (full.losses or 0, full.gains or 0, evaluator.float_correct, 200)
+    assert full.bound == loss_upper_bound(*counts, 0.95)
+    early = evaluator.evaluate({A: fmt}, varying=A, max_loss=max_loss, must_beat=must_beat)
+    if early.exact:
+        assert (early.loss, early.bound) == (full.loss, full.bound)
+        return
+    # Stopped: its statistic is a lower bound of the full one, and already settles the question.
+    assert full.statistic >= early.statistic and full.loss >= early.loss
+    rejected = early.statistic > max_loss
+    beaten = must_beat is not None and early.statistic >= must_beat
+    assert rejected or beaten
+    assert (not rejected or not full.accepted(max_loss)) and (not beaten or full.statistic >= must_beat)
+
+
+def test_paper_counts_losses_and_gains(evaluator: KerasEvaluator) -> None:
+    """L and G are counted under either criterion; the paper's statistic is the loss itself."""
+    result = evaluator.evaluate({A: Format(2, 0)})
+    assert result.bound is None and result.statistic == result.loss
+    assert result.loss == (result.losses - result.gains) / evaluator.float_correct  # type: ignore[operator]

@@ -127,7 +127,18 @@ def test_optsearch_run_on_each_fixture(name: str, tmp_path: Path) -> None:
     data = tmp_path / "data.npz"
     np.savez(data, x=x, y=np.argmax(y, axis=1))  # labelled by the float model itself
     out = tmp_path / "out"
-    args = ["run", FIXTURES / f"{name}.h5", "--data", data, "--search-fraction", "1.0", "--out", out]
+    args = [
+        "run",
+        FIXTURES / f"{name}.h5",
+        "--data",
+        data,
+        "--search-fraction",
+        "1.0",
+        "--out",
+        out,
+        "--criterion",
+        "paper",
+    ]
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert (out / "formats.json").exists() and (out / "quantized.keras").exists()

@@ -30,7 +30,19 @@ def masked(text: str, model: Path) -> str:
 def test_report_of_a_tiny_run_matches_its_snapshot(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "result"
     result = CliRunner().invoke(
-        cli, ["run", str(files["model"]), "--data", str(files["data"]), "--eps", "0.02", "--out", str(out)]
+        cli,
+        [
+            "run",
+            str(files["model"]),
+            "--data",
+            str(files["data"]),
+            "--eps",
+            "0.02",
+            "--out",
+            str(out),
+            "--criterion",
+            "paper",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = masked((out / "report.md").read_text(), files["model"])

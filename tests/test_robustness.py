@@ -298,7 +298,7 @@ def test_bad_input_is_refused_with_one_line(case: str, files: dict[str, Path], t
     args = build(inputs, files)
     out = tmp_path / "out"
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = _run("run", *args, "--out", out)
+    result = _run("run", *args, "--out", out, "--criterion", "paper")
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error: ")]

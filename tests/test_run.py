@@ -23,7 +23,9 @@ def _run(*args: object) -> Result:
 @pytest.fixture(scope="module")
 def finished(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "result"
-    result = _run("run", files["model"], "--data", files["data"], "--eps", "0.02", "--out", out)
+    result = _run(
+        "run", files["model"], "--data", files["data"], "--eps", "0.02", "--out", out, "--criterion", "paper"
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -143,7 +145,7 @@ def test_bad_settings_write_nothing(
     files: dict[str, Path], tmp_path: Path, args: list[str], fragment: str
 ) -> None:
     out = tmp_path / "out"
-    result = _run("run", files["model"], "--data", files["data"], "--out", out, *args)
+    result = _run("run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper", *args)
     assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
 
@@ -152,7 +154,7 @@ def test_existing_output_folder_is_refused_unless_overwrite(files: dict[str, Pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = _run("run", files["model"], "--data", files["data"], "--out", out)
+    result = _run("run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper")
     assert result.exit_code == 2 and "exists" in result.output and "--overwrite" in result.output
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -180,7 +182,7 @@ def test_formats_file_that_does_not_match_the_model(
 )
 def test_other_modes_and_orders_run(files: dict[str, Path], tmp_path: Path, args: list[str]) -> None:
     out = tmp_path / "out"
-    result = _run("run", files["model"], "--data", files["data"], "--out", out, *args)
+    result = _run("run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper", *args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "formats.json").read_text())
     assert len(data["steps"]) == 6

@@ -24,6 +24,7 @@ from optsearch.core.allocation import (
     constant_allocation,
     uniform_allocation,
 )
+from optsearch.core.confidence import CRITERIA, DEFAULT_CONFIDENCE, DEFAULT_CRITERION
 from optsearch.core.fixedpoint import OFFSET_RULES
 from optsearch.core.tensors import ACTIVATION_POINTS, FOLD_MODES, TENSOR_KINDS, TensorKind
 from optsearch.methods.opt_search import DEPENDENT_BW0, INDEPENDENT_BW0, LAYER_ORDERS, SearchSettings
@@ -396,6 +397,27 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         show_default=False,
     ),
     Setting(
+        "criterion",
+        Value("choice", choices=CRITERIA),
+        DEFAULT_CRITERION,
+        "How a candidate's loss is tested against its budget. guarded: the upper confidence bound "
+        "(--confidence) of its true loss must fit, so that eps holds on data the search never saw "
+        "(docs/algorithm.md; the search set must be large enough: see docs/budget.md). paper: the "
+        "observed loss on the search set must fit (Alg. 2, as the paper did; used by the paper "
+        "reproduction).",
+        "guarded",
+    ),
+    Setting(
+        "confidence",
+        Value("float", 0.5, 1.0, low_open=True, high_open=True),
+        DEFAULT_CONFIDENCE,
+        "Level of the guarded criterion's one-sided bound, and of every interval the reports print. "
+        "Higher is safer and keeps more bits; with n search samples at accuracy a, the smallest "
+        "loss it certifies is about -ln(1 - confidence) / (n a), e.g. 0.3% of loss for n = 1,000 at "
+        "a = 99% and 0.95.",
+        "0.95",
+    ),
+    Setting(
         "input_bits",
         Value("int", 1, 32),
         8,
@@ -582,6 +604,8 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         layer_order=values["layer_order"],
         interleave=bool(values["interleave"]),
         allocation=rules,
+        criterion=values["criterion"],
+        confidence=values["confidence"],
     )
 
 

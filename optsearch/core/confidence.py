@@ -401,6 +401,13 @@ class AcceptanceTest:
             return observed_loss(losses, gains, float_correct)
         return loss_upper_bound(losses, gains, float_correct, samples, self.confidence)
 
+    def bound(self, losses: int, gains: int, float_correct: int, samples: int) -> float | None:
+        """The upper confidence bound under the guarded criterion; None under the paper's (whose
+        statistic is the observed loss itself)."""
+        if self.criterion == "paper":
+            return None
+        return loss_upper_bound(losses, gains, float_correct, samples, self.confidence)
+
     def accepts(self, losses: int, gains: int, float_correct: int, samples: int, budget: float) -> bool:
         """``statistic <= budget``."""
         return self.statistic(losses, gains, float_correct, samples) <= budget

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from optsearch.core.confidence import AcceptanceTest
 from optsearch.core.fixedpoint import Format, quantize
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
@@ -55,8 +56,9 @@ class CachedEvaluator(KerasEvaluator):
         first_chunk: int | None = None,
         memo: bool = True,
         incremental: bool = True,
+        acceptance: AcceptanceTest | None = None,
     ) -> None:
-        super().__init__(qmodel, data, preprocess, batch_size, fragile_first, first_chunk)
+        super().__init__(qmodel, data, preprocess, batch_size, fragile_first, first_chunk, acceptance)
         self.cache_bytes = int(cache_mb * 2**20)
         self.memo = memo
         self.incremental = incremental
@@ -93,7 +95,7 @@ class CachedEvaluator(KerasEvaluator):
             self._timed("prefix", lambda: self._fill_cache(context))
         key = (context, self._content_key(varying, formats.get(varying)))
         known = self._memo.get(key) if self.memo else None
-        if known is not None and (known.exact or settled(known.loss, max_loss, must_beat)):
+        if known is not None and (known.exact or settled(known.statistic, max_loss, must_beat)):
             self.memo_hits += 1
             return replace(known, seconds=time.perf_counter() - start)
         self.passes += 1

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from optsearch.core.confidence import AcceptanceTest
 from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
@@ -21,6 +22,9 @@ from optsearch.data import Dataset, Preprocess, batches
 from optsearch.methods.evaluator import Evaluation, relative_loss, settled
 from optsearch.model.graph import QuantizedModel
 from optsearch.settings import DEFAULT_BATCH_SIZE
+
+#: The paper's test (Alg. 2): the observed loss is within the budget.
+PAPER_TEST = AcceptanceTest("paper")
 
 #: The first chunk of an evaluation is this fraction of the batch size; chunks then double up to
 #: the batch size. A rejected candidate usually fails on the first fragile samples (see bench).
@@ -66,7 +70,9 @@ class KerasEvaluator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         fragile_first: bool = True,
         first_chunk: int | None = None,
+        acceptance: AcceptanceTest | None = None,
     ) -> None:
+        self.acceptance = acceptance or PAPER_TEST
         self.qmodel = qmodel
         self.data = data
         self.preprocess = preprocess or Preprocess()
@@ -82,7 +88,9 @@ class KerasEvaluator:
             order = np.lexsort((margins, predicted == data.y))  # wrong first, then by margin
             self.data = data.subset(order, "")
         self.float_predictions = self._predictions()
-        self.float_correct = int(np.sum(self.float_predictions == self.data.y))
+        self.float_right = self.float_predictions == self.data.y
+        """Per sample (in evaluation order): whether the float model is right."""
+        self.float_correct = int(np.sum(self.float_right))
         if self.float_correct == 0:
             raise DataError(
                 f"the float model classifies no sample of {data.source} correctly: the relative loss is "
@@ -151,21 +159,52 @@ class KerasEvaluator:
     ) -> Evaluation:
         """The loss from (predicted classes, labels) chunks, stopping once the answer is settled.
 
-        After each chunk: if even every remaining sample being right would leave the loss above
-        ``max_loss`` (or not below ``must_beat``), stop and return that lower bound (``exact=False``).
+        Counts ``L`` (float right, quantized wrong) and ``G`` (float wrong, quantized right). After
+        each chunk: if even the best completion (no further loss, every remaining float-wrong sample
+        a gain) leaves the acceptance statistic above ``max_loss`` (or not below ``must_beat``),
+        stop and return that lower bound (``exact=False``): a decision never changes by stopping.
         """
-        total = len(self.data)
-        correct = seen = 0
+        total, test = len(self.data), self.acceptance
+        losses = gains = seen = float_seen = 0
         for classes, y in predicted:
-            correct += int(np.sum(classes == y))
+            right = self.float_right[seen : seen + len(y)]
+            quantized_right = classes == y
+            losses += int(np.sum(right & ~quantized_right))
+            gains += int(np.sum(~right & quantized_right))
+            float_seen += int(np.sum(right))
             seen += len(y)
             self.samples_run += len(y)
             if (max_loss is not None or must_beat is not None) and seen < total:
-                bound = relative_loss(self.float_correct, correct + (total - seen))
-                if settled(bound, max_loss, must_beat):
-                    return Evaluation(bound, correct, seen, False, time.perf_counter() - start)
+                unseen_right = self.float_correct - float_seen
+                unseen_wrong = (total - seen) - unseen_right
+                best = test.best_case(losses, gains, self.float_correct, total, unseen_right, unseen_wrong)
+                if settled(best, max_loss, must_beat):
+                    lower = relative_loss(
+                        self.float_correct, self.float_correct - losses + gains + unseen_wrong
+                    )
+                    return Evaluation(
+                        lower,
+                        float_seen - losses + gains,
+                        seen,
+                        False,
+                        time.perf_counter() - start,
+                        None if test.criterion == "paper" else best,
+                        losses,
+                        gains,
+                    )
+        loss = relative_loss(self.float_correct, self.float_correct - losses + gains)
+        bound = (
+            None if test.criterion == "paper" else test.statistic(losses, gains, self.float_correct, total)
+        )
         return Evaluation(
-            relative_loss(self.float_correct, correct), correct, seen, True, time.perf_counter() - start
+            loss,
+            self.float_correct - losses + gains,
+            seen,
+            True,
+            time.perf_counter() - start,
+            bound,
+            losses,
+            gains,
         )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from optsearch.core.confidence import AcceptanceTest
 from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import ActivationPoint, TensorId
@@ -38,6 +39,7 @@ class NaiveEvaluator:
         preprocess: Preprocess | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         activation_point: ActivationPoint = "activation",
+        acceptance: AcceptanceTest | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -48,7 +50,9 @@ class NaiveEvaluator:
         self.activation_point: ActivationPoint = activation_point
         self.samples = len(data)
         self.evaluations = 0
-        self.float_correct = int(np.sum(self._predict(model) == data.y))
+        self.acceptance = acceptance or AcceptanceTest("paper")
+        self.float_right = self._predict(model) == data.y
+        self.float_correct = int(np.sum(self.float_right))
         if self.float_correct == 0:
             raise DataError(
                 f"the float model classifies no sample of {data.source} correctly: the relative loss is "
@@ -84,6 +88,16 @@ class NaiveEvaluator:
         # ``predict`` on a GPU, and a fused op may round differently by an ulp, enough to move a value
         # across a quantization step.
         qmodel.keras_model.jit_compile = False
-        correct = int(np.sum(self._predict(qmodel.keras_model) == self.data.y))
+        right = self._predict(qmodel.keras_model) == self.data.y
+        losses, gains = int(np.sum(self.float_right & ~right)), int(np.sum(~self.float_right & right))
+        correct = int(np.sum(right))
         loss = relative_loss(self.float_correct, correct)
-        return Evaluation(loss, correct, self.samples, True, time.perf_counter() - start)
+        test = self.acceptance
+        bound = (
+            None
+            if test.criterion == "paper"
+            else test.statistic(losses, gains, self.float_correct, self.samples)
+        )
+        return Evaluation(
+            loss, correct, self.samples, True, time.perf_counter() - start, bound, losses, gains
+        )

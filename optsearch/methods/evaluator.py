@@ -30,10 +30,22 @@ class Evaluation:
     exact: bool
     """False when evaluation stopped early because the answer was settled (see ``settled``)."""
     seconds: float
+    bound: float | None = None
+    """Under the guarded criterion: the upper confidence bound of the loss (``core.confidence``), a
+    lower bound of it when ``exact`` is False; None under the paper's criterion."""
+    losses: int | None = None
+    """Samples the float model gets right and the quantized network wrong (``L``), when counted."""
+    gains: int | None = None
+    """Samples the float model gets wrong and the quantized network right (``G``), when counted."""
+
+    @property
+    def statistic(self) -> float:
+        """What the acceptance test compares with the budget: the bound (guarded) or the loss (paper)."""
+        return self.loss if self.bound is None else self.bound
 
     def accepted(self, eps: float) -> bool:
-        """``da <= eps`` (Alg. 2, lines 5, 8, 13); exact also for early-stopped evaluations."""
-        return self.loss <= eps
+        """``statistic <= eps`` (Alg. 2, lines 5, 8, 13); exact also for early-stopped evaluations."""
+        return self.statistic <= eps
 
 
 class Evaluator(Protocol):

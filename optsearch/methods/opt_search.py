@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from optsearch.core.allocation import PAPER_ALLOCATION, Allocation, check_allocation, constant_allocation
+from optsearch.core.confidence import DEFAULT_CONFIDENCE, DEFAULT_CRITERION, AcceptanceTest, Criterion
 from optsearch.core.errors import OptsearchError
 from optsearch.core.fixedpoint import PRUNED_BW, Format, OffsetRule, start_format
 from optsearch.core.tensors import KIND_NAMES, TENSOR_KINDS, TensorId, TensorKind
@@ -30,7 +31,8 @@ class SearchError(OptsearchError):
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Every setting of Alg. 2 and of its budget and order (spec §6-§7); defaults are the paper's."""
+    """Every setting of Alg. 2 and of its budget and order (spec §6-§7). Defaults are the paper's, but
+    for the acceptance test: ``guarded`` (docs/algorithm.md), ``paper`` for Alg. 2's own."""
 
     eps: float = 0.01
     independent: bool = False
@@ -43,6 +45,15 @@ class SearchSettings:
     layer_order: LayerOrder = "forward"
     interleave: bool = False
     allocation: Mapping[TensorKind, Allocation] = field(default_factory=lambda: dict(PAPER_ALLOCATION))
+    criterion: Criterion = DEFAULT_CRITERION
+    """How a candidate's loss is tested against its budget: ``paper`` (Alg. 2: the observed loss) or
+    ``guarded`` (its upper confidence bound at ``confidence``; ``core.confidence``)."""
+    confidence: float = DEFAULT_CONFIDENCE
+
+    @property
+    def acceptance(self) -> AcceptanceTest:
+        """The acceptance test the evaluators apply for this search."""
+        return AcceptanceTest(self.criterion, self.confidence)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps < 1.0:
@@ -57,6 +68,7 @@ class SearchSettings:
             if not 2 <= self.bw0.get(kind, 0) <= self.bw0_cap:
                 raise ValueError(f"BW0 for {kind} must be in [2, {self.bw0_cap}], got {self.bw0.get(kind)}")
         check_allocation(self.allocation)
+        self.acceptance  # noqa: B018  (checks criterion and confidence)
 
     @classmethod
     def independent_search(cls, eps: float = 0.003, **kwargs: object) -> SearchSettings:
@@ -79,6 +91,8 @@ class EvaluationRecord:
     eps: float
     seconds: float
     cached: bool
+    bound: float | None = None
+    """Under the guarded criterion: the upper confidence bound compared with ``eps``."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,9 @@ class TensorDecision:
     rule: str
     """Why this format: "diagonal", "local: loss lower by >= delta", "diagonal: fewer bits", ..."""
     evaluations: int
+    bound: float | None = None
+    """Under the guarded criterion: the upper confidence bound of ``loss`` (what met ``eps``).
+    ``diagonal_loss`` and ``local_loss`` are the criterion's statistic: the bound under guarded."""
 
 
 @dataclass(frozen=True)
@@ -116,13 +133,17 @@ class SearchOutcome:
 
 
 def search_plan(
-    tensors_by_layer: Sequence[Sequence[TensorId]], settings: SearchSettings
+    tensors_by_layer: Sequence[Sequence[TensorId]], settings: SearchSettings, floor: float = 0.0
 ) -> list[tuple[TensorId, int, float]]:
     """The order in which tensors are searched, with each one's position and budget ``eps_lp``.
 
     Types in ``type_order``, layers forward or reverse, or all tensors of a layer before the next
     (``interleave``). The position ``l`` counts the layers that have that tensor type, in search
     order, so the budget of eq. 9 is the same whether or not the search interleaves.
+
+    ``floor``: no budget below it (the smallest loss the data can certify, ``certifiable_loss``).
+    A dependent search's budgets are cumulative (each is the loss of everything decided so far), so
+    a raised early budget is taken from the later tensors' slots, and the last budget is still eps.
     """
     layers = list(tensors_by_layer)
     if settings.layer_order == "reverse":
@@ -135,7 +156,7 @@ def search_plan(
     for kind, tensors in by_kind.items():
         eps_values = settings.allocation[kind].budgets(settings.eps, len(tensors))
         for position, (tensor, eps) in enumerate(zip(tensors, eps_values, strict=True), start=1):
-            budget[tensor] = (position, eps)
+            budget[tensor] = (position, max(eps, floor))
     if settings.interleave:
         rank = {kind: i for i, kind in enumerate(settings.type_order)}
         ordered = [t for layer in layers for t in sorted(layer, key=lambda t: rank[t.kind])]
@@ -154,17 +175,18 @@ def opt_search(
     on_decision: Callable[[TensorDecision], None] | None = None,
     decided: Mapping[TensorId, TensorDecision] | None = None,
     log: Callable[[str], None] | None = None,
+    floor: float = 0.0,
 ) -> SearchOutcome:
     """OptSearchCNN (Alg. 2) over every tensor, in the order and with the budgets of ``settings``.
 
     ``magnitudes`` gives ``Z`` per tensor (eq. 8). ``decided`` holds decisions already made (a
-    resumed search); they are applied and not searched again.
+    resumed search); they are applied and not searched again. ``floor``: see ``search_plan``.
     """
     started = time.perf_counter()
     done: dict[TensorId, TensorDecision] = dict(decided or {})
     total = 0
     latest: TensorDecision | None = None  # the last decision in search order: its loss is r_Q's so far
-    for tensor, position, eps in search_plan(tensors_by_layer, settings):
+    for tensor, position, eps in search_plan(tensors_by_layer, settings, floor):
         if tensor in done:
             latest = done[tensor]
             continue
@@ -240,6 +262,7 @@ class _TensorSearch:
                     self.eps,
                     0.0 if cached else result.seconds,
                     cached,
+                    result.bound,
                 )
             )
         return result
@@ -260,7 +283,7 @@ class _TensorSearch:
         # Bitwidth reduction at fixed F (lines 13-18).
         while best.bw > PRUNED_BW and self.ok(Format(best.bw - 1, best.f), "reduction"):
             best = Format(best.bw - 1, best.f)
-        diagonal, diagonal_loss = best, self.seen[best].loss
+        diagonal, diagonal_loss = best, self.seen[best].statistic
         # Local search over the 3x3 neighbourhood (lines 20-24): lowest loss, ties lower BW then F.
         # The centre is the best so far. A neighbour that would win a tie (fewer bits, or as many and a
         # lower F) may stop once its loss exceeds the best; one that would lose a tie needs a strictly
@@ -275,13 +298,21 @@ class _TensorSearch:
                     result = self.loss(fmt, "local", max_loss=min(self.eps, leader[0]))
                 else:
                     result = self.loss(fmt, "local", must_beat=leader[0])
-                if result.exact and result.loss <= self.eps:
-                    leader = min(leader, (result.loss, fmt.bw, fmt.f, fmt))
+                if result.exact and result.statistic <= self.eps:
+                    leader = min(leader, (result.statistic, fmt.bw, fmt.f, fmt))
         local_loss, _, _, local = leader
         fmt, rule = self._choose(diagonal, diagonal_loss, local, local_loss)
-        loss = self.seen[fmt].loss
+        chosen = self.seen[fmt]
         return self._decision(
-            position, bw0, start, (diagonal, diagonal_loss), (local, local_loss), fmt, rule, loss
+            position,
+            bw0,
+            start,
+            (diagonal, diagonal_loss),
+            (local, local_loss),
+            fmt,
+            rule,
+            chosen.loss,
+            chosen.bound,
         )
 
     def _start(self, z: float) -> tuple[int, Format]:
@@ -305,7 +336,10 @@ class _TensorSearch:
         An early-stopped evaluation only bounds the loss from below, so it is worded as a bound.
         """
         result = self.seen[fmt]
-        loss = f"loss {'' if result.exact else 'at least '}{result.loss:.4%} > its budget {self.eps:.4%}"
+        what = "loss" if result.bound is None else f"{self.settings.confidence:.0%} upper bound of the loss"
+        loss = (
+            f"{what} {'' if result.exact else 'at least '}{result.statistic:.4%} > its budget {self.eps:.4%}"
+        )
         message = f"{self.describe()}: no acceptable format even at {fmt} ({loss})"
         if self.before is not None:
             count = len(self.decided)
@@ -347,6 +381,7 @@ class _TensorSearch:
         fmt: Format,
         rule: str,
         loss: float,
+        bound: float | None = None,
     ) -> TensorDecision:
         return TensorDecision(
             tensor=self.tensor,
@@ -362,4 +397,5 @@ class _TensorSearch:
             local_loss=local[1],
             rule=rule,
             evaluations=self.evaluations,
+            bound=bound,
         )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from optsearch.results.result import RunResult
+from optsearch.results.result import Accuracy, RunResult
 
 CSV_COLUMNS = (
     "job",
@@ -23,6 +23,12 @@ CSV_COLUMNS = (
     "varied",
     "search_loss",
     "held_out_loss",
+    "held_out_loss_low",
+    "held_out_loss_high",
+    "held_out_loss_upper_bound",
+    "held_out_samples",
+    "confidence",
+    "held_out_budget",
     "memory_bits",
     "memory_bytes",
     "multiply_cost",
@@ -69,6 +75,33 @@ class Row:
     def search_loss(self) -> float | None:
         return None if self.result is None else self.result.accuracy["search"].quantized_loss
 
+    @property
+    def held_out(self) -> Accuracy | None:
+        return None if self.result is None else self.result.accuracy.get("held_out")
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.result is None else self.result.settings.search.confidence
+
+    @property
+    def held_out_interval(self) -> tuple[float, float] | None:
+        """The held-out loss's two-sided interval at the run's confidence (None without counts)."""
+        held, conf = self.held_out, self.confidence
+        return None if held is None or conf is None else held.loss_interval(conf)
+
+    @property
+    def held_out_bound(self) -> float | None:
+        held, conf = self.held_out, self.confidence
+        return None if held is None or conf is None else held.loss_bound(conf)
+
+    @property
+    def budget(self) -> str:
+        """``holds``, ``within, not certified`` or ``over`` on the held-out part; empty without one."""
+        held, conf = self.held_out, self.confidence
+        if held is None or conf is None or self.result is None or not held.counted:
+            return ""
+        return held.budget_verdict(self.result.eps, conf)
+
 
 def summary_csv(rows: Sequence[Row]) -> str:
     """summary.csv: one row per job, raw numbers (fractions, bits, seconds)."""
@@ -91,6 +124,12 @@ def summary_csv(rows: Sequence[Row]) -> str:
                 row.varied,
                 _raw(row.search_loss),
                 _raw(row.held_out_loss),
+                _raw(row.held_out_interval[0] if row.held_out_interval else None),
+                _raw(row.held_out_interval[1] if row.held_out_interval else None),
+                _raw(row.held_out_bound),
+                _raw(row.held_out.samples if row.held_out else None),
+                _raw(row.confidence),
+                row.budget,
                 _raw(quantized.memory_bits_total if quantized else None),
                 _raw(quantized.memory_bytes if quantized else None),
                 _raw(quantized.multiply_cost if quantized else None),
@@ -122,13 +161,15 @@ def summary_markdown(title: str, source: str, rows: Sequence[Row]) -> str:
         f"From `{source}`. {len(rows)} job{'s' if len(rows) != 1 else ''}: {tally}."
         + (f" Checks: {passed} of {len(checked)} passed." if checked else ""),
         "",
-        "Losses are relative top-1 accuracy losses (eq. 6); memory is the found formats' weights, biases "
-        "and activations per sample; savings are how much less than the uniform 8-bit and float32 "
-        "networks.",
+        "Losses are relative top-1 accuracy losses (eq. 6), the held-out one with its two-sided "
+        "interval at the run's confidence and its sample count; budget says whether eps holds on the "
+        "held-out part at that confidence (its upper bound within eps). Memory is the found formats' "
+        "weights, biases and activations per sample; savings are how much less than the uniform 8-bit "
+        "and float32 networks.",
         "",
-        "| job | status | eps | search loss | held-out loss | memory | memory saved vs 8-bit "
+        "| job | status | eps | search loss | held-out loss | budget | memory | memory saved vs 8-bit "
         "| vs float32 | multiply cost saved vs 8-bit | evaluations | time | check |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         r = row.result
@@ -139,7 +180,8 @@ def summary_markdown(title: str, source: str, rows: Sequence[Row]) -> str:
             row.status,
             _pct(row.eps),
             _pct(row.search_loss),
-            _pct(row.held_out_loss),
+            _held_out_cell(row),
+            row.budget,
             _bytes(r.costs["quantized"].memory_bytes) if r else "",
             _pct(vs8.get("memory")),
             _pct(vs32.get("memory")),
@@ -215,6 +257,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
         if not front or y < front[-1][1]:
             front.append((x, y))
     return front
+
+
+def _held_out_cell(row: Row) -> str:
+    """``0.62% (-0.10% .. 1.31%, n 5000)``: the held-out loss with its interval and sample count."""
+    if row.held_out_loss is None:
+        return ""
+    interval, held = row.held_out_interval, row.held_out
+    if interval is None or held is None:
+        return _pct(row.held_out_loss)
+    return f"{_pct(row.held_out_loss)} ({_pct(interval[0])} .. {_pct(interval[1])}, n {held.samples})"
 
 
 def _raw(value: float | int | None) -> str:

@@ -7,6 +7,7 @@ import csv
 import io
 from collections.abc import Mapping
 
+from optsearch.core.confidence import METHOD
 from optsearch.core.tensors import TENSOR_KINDS
 from optsearch.results.result import RunResult, TensorResult
 
@@ -86,6 +87,7 @@ def report_markdown(result: RunResult) -> str:
         f"offset rule {s.offset_rule}",
         "- allocation: "
         + ", ".join(f"{k} {v.scheme} ({v.start}, {v.end}] x eps" for k, v in s.allocation.items()),
+        f"- acceptance: {s.acceptance.describe()}",
         f"- {result.evaluations} evaluations, {result.timings['total_seconds']:.1f} s in total",
         *_fold_lines(result),
         "",
@@ -122,20 +124,7 @@ def report_markdown(result: RunResult) -> str:
             f"| {layer.name} | {_cell(t, 'W', 'ap_fixed')} | {_cell(t, 'B', 'ap_fixed')} | "
             f"{_cell(t, 'A', 'ap_fixed')} ({layer.activation_at}) |"
         )
-    lines += [
-        "",
-        "## Accuracy",
-        "",
-        "| data | samples | float | found formats | loss | uniform 8-bit | loss |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for part, acc in result.accuracy.items():
-        lines.append(
-            f"| {part.replace('_', '-')} | {acc.samples} | {_pct(acc.float_model)} | {_pct(acc.quantized)} | "
-            f"{_pct(acc.quantized_loss)} | {_pct(acc.uniform8)} | {_pct(acc.uniform8_loss)} |"
-        )
-    if "held_out" in result.accuracy:
-        lines += ["", "The held-out data took no part in the search: its loss is the honest estimate."]
+    lines += _accuracy_lines(result)
     lines += _float_input_lines(result)
     found, eight, f32 = (result.costs[k] for k in ("quantized", "uniform8", "float32"))
     vs8, vs32 = result.savings("uniform8"), result.savings("float32")
@@ -170,6 +159,118 @@ def report_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _interval(bounds: tuple[float, float] | None) -> str:
+    return "" if bounds is None else f"{_pct(bounds[0])} .. {_pct(bounds[1])}"
+
+
+VERDICTS = {
+    "holds": "the budget holds: its upper bound is within eps",
+    "within, not certified": "within eps as observed, but not certified: the upper bound is above eps "
+    "(more samples would tell)",
+    "over": "over budget: the observed loss is above eps",
+}
+
+
+def _accuracy_lines(result: RunResult) -> list[str]:
+    """The accuracy table with each figure's interval and sample count, and the held-out verdict."""
+    conf = result.settings.search.confidence
+    eps = result.eps
+    counted = all(acc.counted for acc in result.accuracy.values())
+    if not counted:  # a formats.json of 0.1.0: rates only
+        lines = [
+            "",
+            "## Accuracy",
+            "",
+            "| data | samples | float | found formats | loss | uniform 8-bit | loss |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for part, acc in result.accuracy.items():
+            lines.append(
+                f"| {part.replace('_', '-')} | {acc.samples} | {_pct(acc.float_model)} | "
+                f"{_pct(acc.quantized)} | {_pct(acc.quantized_loss)} | {_pct(acc.uniform8)} | "
+                f"{_pct(acc.uniform8_loss)} |"
+            )
+        return lines
+    lines = [
+        "",
+        "## Accuracy",
+        "",
+        f"Intervals are two-sided at {conf:.0%}: exact Clopper-Pearson for accuracies, {METHOD} for the "
+        f"paired loss; the upper bound is one-sided at {conf:.0%}. Losses are relative, "
+        "`da = (a - a_q) / a`; L / G count the samples the float model gets right and the found formats "
+        "wrong / the other way round.",
+        "",
+        "| data | samples | float | found formats | loss | loss interval | upper bound | L / G "
+        "| uniform 8-bit loss | its interval |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for part, acc in result.accuracy.items():
+        lines.append(
+            f"| {part.replace('_', '-')} | {acc.samples} | {_pct(acc.float_model)} "
+            f"({_interval(acc.accuracy_interval('float', conf))}) | {_pct(acc.quantized)} "
+            f"({_interval(acc.accuracy_interval('quantized', conf))}) | {_pct(acc.quantized_loss)} | "
+            f"{_interval(acc.loss_interval(conf))} | {_pct(acc.loss_bound(conf) or 0.0)} | "
+            f"{acc.losses} / {acc.gains} | {_pct(acc.uniform8_loss)} | "
+            f"{_interval(acc.uniform8_loss_interval(conf))} |"
+        )
+    held = result.accuracy.get("held_out")
+    if held is not None:
+        lines += [
+            "",
+            f"**Held-out** ({held.samples} samples the search never saw): loss {_pct(held.quantized_loss)}, "
+            f"upper bound {_pct(held.loss_bound(conf) or 0.0)} at {conf:.0%}; eps {_pct(eps)}: "
+            f"{VERDICTS[held.budget_verdict(eps, conf)]}.",
+        ]
+    return lines + _budget_lines(result)
+
+
+def _budget_lines(result: RunResult) -> list[str]:
+    """Tensors whose eq. 9 budget is finer than the search data can resolve (one sample) or certify."""
+    limits = result.search_limits()
+    if limits is None:
+        return []
+    resolution, certifiable = limits
+    raised = [
+        (layer.name, kind, t)
+        for layer in result.layers
+        for kind, t in layer.tensors.items()
+        if t.scheduled_eps is not None
+    ]
+    fine = [
+        (layer.name, kind, t)
+        for layer in result.layers
+        for kind, t in layer.tensors.items()
+        if t.scheduled_eps is None and t.eps < resolution
+    ]
+    if not raised and not fine:
+        return []
+    conf = result.settings.search.confidence
+    lines = [
+        "",
+        "## Budgets finer than the data",
+        "",
+        f"On the search set one sample is {_pct(resolution)} of relative loss, and the smallest loss the "
+        f"guarded test certifies at {conf:.0%} is {_pct(certifiable)}.",
+    ]
+    if raised:
+        lines += [
+            "",
+            f"Raised to {_pct(certifiable)} (their eq. 9 budgets would demand a loss the data cannot "
+            "certify, that is: no flip at all, at many bits); the difference comes out of the later "
+            "tensors' budgets, which are cumulative: "
+            + ", ".join(f"{name}:{kind} ({_pct(t.scheduled_eps or 0.0)})" for name, kind, t in raised)
+            + ".",
+        ]
+    if fine:
+        lines += [
+            "",
+            "Below one sample (these must not lose a sample net): "
+            + ", ".join(f"{name}:{kind} ({_pct(t.eps)})" for name, kind, t in fine)
+            + ".",
+        ]
+    return lines
+
+
 def _float_input_lines(result: RunResult) -> list[str]:
     """Which layers read a real-valued input, and what that means for the accuracies above."""
     causes = result.model.float_inputs or {}
@@ -191,13 +292,22 @@ def _float_input_lines(result: RunResult) -> list[str]:
 def summary_lines(result: RunResult) -> list[str]:
     """The short summary the terminal ends with."""
     vs8, vs32 = result.savings("uniform8"), result.savings("float32")
+    conf = result.settings.search.confidence
     lines = []
     for part, acc in result.accuracy.items():
+        interval = acc.loss_interval(conf)
+        within = "" if interval is None else f", {conf:.0%} CI {_interval(interval)}"
         lines.append(
             f"{part.replace('_', '-'):9s} accuracy {_pct(acc.float_model)} float -> "
             f"{_pct(acc.quantized)} found "
-            f"(loss {_pct(acc.quantized_loss)}); uniform 8-bit {_pct(acc.uniform8)} "
-            f"(loss {_pct(acc.uniform8_loss)})"
+            f"(loss {_pct(acc.quantized_loss)}{within}, n = {acc.samples}); uniform 8-bit "
+            f"{_pct(acc.uniform8)} (loss {_pct(acc.uniform8_loss)})"
+        )
+    held = result.accuracy.get("held_out")
+    if held is not None and held.counted:
+        lines.append(
+            f"held-out: eps {_pct(result.eps)} {held.budget_verdict(result.eps, conf)} at {conf:.0%} "
+            f"(upper bound {_pct(held.loss_bound(conf) or 0.0)})"
         )
     lines.append(
         f"memory {result.costs['quantized'].memory_bytes:,.0f} bytes: {_pct(vs8['memory'])} less than 8-bit, "

@@ -72,6 +72,8 @@ class Snapshot:
     memory_bits: int
     multiply_cost: int
     layers: tuple[LayerSnapshot, ...]
+    loss_uncertainty: str = ""
+    """``(95% CI 0.10% .. 1.31%, n 5000)`` for the loss the gate checks, when the file records it."""
 
     @property
     def tensor_count(self) -> int:
@@ -131,6 +133,7 @@ def snapshot(data: object, source: str) -> Snapshot:
             memory_bits=int(costs["memory_bits_total"]),
             multiply_cost=int(costs["multiply_cost"]),
             layers=layers,
+            loss_uncertainty=_uncertainty(accuracy["search"] if held is None else held),
         )
     except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as err:
         what = f"missing field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
@@ -267,7 +270,17 @@ def _loss_finding(current: Snapshot, baseline: Snapshot, limits: Limits) -> Find
     limit, why = (current.eps, "the run's eps") if limits.max_loss is None else (limits.max_loss, "max_loss")
     passed = loss <= limit + _LOSS_SLACK
     reference = f"; baseline {base:.3%}" if base is not None else ""
-    return Finding(name, passed, f"{loss:.3%} {'<=' if passed else '>'} {limit:.3%} ({why}){reference}")
+    shown = f"{loss:.3%}" + (f" {current.loss_uncertainty}" if current.loss_uncertainty else "")
+    return Finding(name, passed, f"{shown} {'<=' if passed else '>'} {limit:.3%} ({why}){reference}")
+
+
+def _uncertainty(accuracy: Mapping[str, Any]) -> str:
+    """The interval and sample count formats.json records beside a loss (empty for files without)."""
+    intervals = accuracy.get("intervals") or {}
+    bounds, conf = intervals.get("quantized_loss"), intervals.get("confidence")
+    if not bounds or conf is None:
+        return ""
+    return f"({conf:.0%} CI {bounds[0]:.3%} .. {bounds[1]:.3%}, n {accuracy.get('samples')})"
 
 
 def _cost_finding(name: str, now: float, base: float, limits: Limits, unit: str) -> Finding:

@@ -8,6 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from optsearch.core.confidence import (
+    METHOD,
+    accuracy_interval,
+    certifiable_loss,
+    loss_interval,
+    loss_upper_bound,
+)
 from optsearch.core.costs import savings
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
@@ -43,6 +50,10 @@ class TensorResult:
     local: tuple[int, int]
     rule: str
     evaluations: int
+    bound: float | None = None
+    """Guarded criterion: the upper confidence bound of ``loss`` that met ``eps``."""
+    scheduled_eps: float | None = None
+    """When the budget was raised to the smallest loss the search data can certify: eq. 9's own."""
 
     @property
     def format(self) -> Format:
@@ -73,7 +84,8 @@ class LayerResult:
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Top-1 accuracy of the float model, the found formats and the 8-bit baseline on one data part."""
+    """Top-1 accuracy of the float model, the found formats and the 8-bit baseline on one data part,
+    with the paired counts behind each loss (absent in 0.1.0's files) for its interval."""
 
     samples: int
     float_model: float
@@ -81,6 +93,67 @@ class Accuracy:
     quantized_loss: float
     uniform8: float
     uniform8_loss: float
+    float_correct: int | None = None
+    losses: int | None = None
+    """Samples the float model gets right and the found formats wrong."""
+    gains: int | None = None
+    """Samples the float model gets wrong and the found formats right."""
+    uniform8_losses: int | None = None
+    uniform8_gains: int | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether the paired counts are there (files of 0.1.0 have only the rates)."""
+        return None not in (self.float_correct, self.losses, self.gains)
+
+    def loss_interval(self, confidence: float) -> tuple[float, float] | None:
+        """Two-sided interval of the found formats' true relative loss (``core.confidence``)."""
+        if not self.counted:
+            return None
+        return loss_interval(self.losses, self.gains, self.float_correct, self.samples, confidence)  # type: ignore[arg-type]
+
+    def loss_bound(self, confidence: float) -> float | None:
+        """One-sided upper confidence bound of the found formats' true relative loss."""
+        if not self.counted:
+            return None
+        return loss_upper_bound(self.losses, self.gains, self.float_correct, self.samples, confidence)  # type: ignore[arg-type]
+
+    def uniform8_loss_interval(self, confidence: float) -> tuple[float, float] | None:
+        if self.float_correct is None or self.uniform8_losses is None or self.uniform8_gains is None:
+            return None
+        return loss_interval(
+            self.uniform8_losses, self.uniform8_gains, self.float_correct, self.samples, confidence
+        )
+
+    def accuracy_interval(self, which: str, confidence: float) -> tuple[float, float] | None:
+        """Exact two-sided interval of ``float`` or ``quantized`` top-1 accuracy."""
+        if not self.counted:
+            return None
+        correct = self.float_correct if which == "float" else self.float_correct - self.losses + self.gains  # type: ignore[operator]
+        return accuracy_interval(correct, self.samples, confidence)  # type: ignore[arg-type]
+
+    def budget_verdict(self, eps: float, confidence: float) -> str:
+        """Whether eps holds on these samples: ``holds`` (the upper bound is within eps), ``within,
+        not certified`` (observed within eps, bound above), ``over`` (observed above eps)."""
+        bound = self.loss_bound(confidence)
+        if self.quantized_loss > eps:
+            return "over"
+        if bound is None or bound > eps:
+            return "within, not certified"
+        return "holds"
+
+    def intervals(self, confidence: float) -> dict[str, Any]:
+        """The intervals formats.json records beside the rates (derived: not read back)."""
+        return {
+            "confidence": confidence,
+            "method": METHOD,
+            "accuracy_method": "exact Clopper-Pearson",
+            "float_model": self.accuracy_interval("float", confidence),
+            "quantized": self.accuracy_interval("quantized", confidence),
+            "quantized_loss": self.loss_interval(confidence),
+            "quantized_loss_upper_bound": self.loss_bound(confidence),
+            "uniform8_loss": self.uniform8_loss_interval(confidence),
+        }
 
 
 @dataclass(frozen=True)
@@ -171,6 +244,16 @@ class RunResult:
         """The accuracy loss budget the run searched with."""
         return self.settings.search.eps
 
+    def search_limits(self) -> tuple[float, float] | None:
+        """On the search set: one sample of relative loss (``1 / C``) and the smallest loss the guarded
+        test certifies at the run's confidence; None for a file without the counts (0.1.0)."""
+        search = self.accuracy["search"]
+        if search.float_correct is None:
+            return None
+        return 1.0 / search.float_correct, certifiable_loss(
+            search.samples, search.float_model, self.settings.search.confidence
+        )
+
     def savings(self, baseline: str) -> dict[str, float]:
         """Relative savings of the found formats against ``uniform8`` or ``float32`` (0.5 = half)."""
         return self.costs["quantized"].saving(self.costs[baseline])
@@ -201,8 +284,10 @@ class RunResult:
                 "resize": list(data.resize) if data.resize else None,
             },
             "settings": self.settings.recorded(),
-            "layers": [asdict(layer) for layer in self.layers],
-            "accuracy": {k: asdict(v) for k, v in self.accuracy.items()},
+            "layers": [_layer_dict(layer) for layer in self.layers],
+            "accuracy": {
+                k: _accuracy_dict(v, self.settings.search.confidence) for k, v in self.accuracy.items()
+            },
             "costs": {k: asdict(v) for k, v in self.costs.items()},
             "steps": self.steps,
             "evaluations": self.evaluations,
@@ -255,7 +340,10 @@ class RunResult:
             ),
             settings=RunSettings.from_recorded(model, measured, data["settings"]),
             layers=layers,
-            accuracy={k: Accuracy(**v) for k, v in data["accuracy"].items()},
+            accuracy={
+                k: Accuracy(**{f: v[f] for f in Accuracy.__dataclass_fields__ if f in v})
+                for k, v in data["accuracy"].items()
+            },
             costs={k: Costs(**v) for k, v in data["costs"].items()},
             steps=data["steps"],
             evaluations=data["evaluations"],
@@ -264,3 +352,25 @@ class RunResult:
             schema=data["schema"],
             log=data.get("log", []),
         )
+
+
+def _without_absent(data: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` without the optional keys that are None: a file of 0.1.0 reads back as it was."""
+    return {k: v for k, v in data.items() if k not in optional or v is not None}
+
+
+_OPTIONAL_TENSOR = ("bound", "scheduled_eps")
+_OPTIONAL_ACCURACY = ("float_correct", "losses", "gains", "uniform8_losses", "uniform8_gains")
+
+
+def _layer_dict(layer: LayerResult) -> dict[str, Any]:
+    out = asdict(layer)
+    out["tensors"] = {k: _without_absent(v, _OPTIONAL_TENSOR) for k, v in out["tensors"].items()}
+    return out
+
+
+def _accuracy_dict(accuracy: Accuracy, confidence: float) -> dict[str, Any]:
+    out = _without_absent(asdict(accuracy), _OPTIONAL_ACCURACY)
+    if accuracy.counted:
+        out["intervals"] = accuracy.intervals(confidence)
+    return out

@@ -45,6 +45,7 @@ def decision_to_dict(decision: TensorDecision) -> dict[str, Any]:
         "local_loss": decision.local_loss,
         "rule": decision.rule,
         "evaluations": decision.evaluations,
+        "bound": decision.bound,
     }
 
 
@@ -69,6 +70,7 @@ def decision_from_dict(data: Mapping[str, Any]) -> TensorDecision:
         local_loss=float(data["local_loss"]),
         rule=str(data["rule"]),
         evaluations=int(data["evaluations"]),
+        bound=None if data.get("bound") is None else float(data["bound"]),
     )
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
+from optsearch.core.confidence import certifiable_loss, samples_needed
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
 from optsearch.core.files import sha256
@@ -97,6 +98,8 @@ class Prepared:
     magnitudes: dict[TensorId, float]
     folding: dict[str, Any]
     setup_seconds: float
+    floor: float = 0.0
+    """No tensor's budget below this: the smallest loss the guarded test can certify on the search set."""
 
     @property
     def qmodel(self) -> QuantizedModel:
@@ -190,14 +193,44 @@ def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = Non
     t0 = time.perf_counter()
     ranges = activation_ranges(qmodel, inputs.search, inputs.preprocess, settings.batch_size)
     evaluator = CachedEvaluator(
-        qmodel, inputs.search, inputs.preprocess, settings.batch_size, settings.cache_mb
+        qmodel,
+        inputs.search,
+        inputs.preprocess,
+        settings.batch_size,
+        settings.cache_mb,
+        acceptance=settings.search.acceptance,
     )
     setup_seconds = time.perf_counter() - t0
     echo(f"float accuracy on the search set: {evaluator.float_accuracy:.2%}")
     warning = below_chance_warning(evaluator.float_accuracy, inputs.num_classes, "search set")
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
-    return Prepared(inputs, evaluator, ranges, qmodel.magnitudes(ranges), folding, setup_seconds)
+    floor = budget_floor(settings.search, len(inputs.search), evaluator.float_accuracy)
+    return Prepared(inputs, evaluator, ranges, qmodel.magnitudes(ranges), folding, setup_seconds, floor)
+
+
+def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float:
+    """The smallest loss the search set can certify, which no budget goes below (guarded criterion).
+
+    Refuses a guarded search that can certify nothing within eps (an ``OptsearchError`` naming the
+    samples it needs), and warns when a paper-criterion search could not be certified.
+    """
+    certifiable = certifiable_loss(samples, accuracy, search.confidence)
+    if certifiable <= search.eps:
+        return certifiable if search.criterion == "guarded" else 0.0
+    needed = samples_needed(search.eps, accuracy, search.confidence)
+    what = (
+        f"the search set ({samples:,} samples, float accuracy {accuracy:.2%}) cannot certify a loss "
+        f"of eps {search.eps:.2%} at {search.confidence:.0%} confidence: the smallest it certifies is "
+        f"{certifiable:.2%}, and eps {search.eps:.2%} needs at least {needed:,} search samples"
+    )
+    if search.criterion == "guarded":
+        raise OptsearchError(
+            f"{what}; give more data or a larger --search-fraction, a larger --eps (>= "
+            f"{certifiable:.2%}), or --criterion paper (no guarantee on new data)"
+        )
+    print(f"warning: {what}; the budget will not hold on new data at that confidence", file=sys.stderr)
+    return 0.0
 
 
 def search_formats(
@@ -262,6 +295,7 @@ def search_formats(
                 on_decision=decided_now,
                 decided=decided,
                 log=note,
+                floor=prepared.floor,
             )
         except KeyboardInterrupt as err:
             raise RunInterrupted(recorded[0], len(plan), tmp, recorded[0] > 0) from err
@@ -286,7 +320,13 @@ def measure(prepared: Prepared, settings: RunSettings, searched: Searched, start
     uniform8 = uniform_formats(qmodel, UNIFORM_BW, prepared.ranges, settings.search.offset_rule)
     accuracy = {"search": _accuracy(search_eval, found, uniform8)}
     if inputs.held_out is not None:
-        held_eval = KerasEvaluator(qmodel, inputs.held_out, inputs.preprocess, settings.batch_size)
+        held_eval = KerasEvaluator(
+            qmodel,
+            inputs.held_out,
+            inputs.preprocess,
+            settings.batch_size,
+            acceptance=settings.search.acceptance,
+        )
         accuracy["held_out"] = _accuracy(held_eval, found, uniform8)
     timings["report_evaluation_seconds"] = time.perf_counter() - t0
     qmodel.set_formats(found)
@@ -299,7 +339,7 @@ def measure(prepared: Prepared, settings: RunSettings, searched: Searched, start
             held_out_samples=len(inputs.held_out) if inputs.held_out is not None else 0,
         ),
         settings=settings,
-        layers=_layer_results(qmodel, outcome.decisions, prepared.magnitudes),
+        layers=_layer_results(qmodel, outcome.decisions, prepared.magnitudes, settings.search),
         accuracy=accuracy,
         costs=_costs(qmodel, found, settings.input_bits),
         steps=steps,
@@ -346,6 +386,7 @@ def _write_record(stream: IO[str], record: EvaluationRecord) -> None:
         "accepted": record.accepted,
         "exact": record.exact,
         "eps": record.eps,
+        **({} if record.bound is None else {"bound": record.bound}),
         "seconds": round(record.seconds, 6),
         "cached": record.cached,
     }
@@ -427,7 +468,19 @@ def _accuracy(
     q = evaluator.evaluate(found)
     u = evaluator.evaluate(uniform8)
     n = evaluator.samples
-    return Accuracy(n, evaluator.float_accuracy, q.correct / n, q.loss, u.correct / n, u.loss)
+    return Accuracy(
+        n,
+        evaluator.float_accuracy,
+        q.correct / n,
+        q.loss,
+        u.correct / n,
+        u.loss,
+        evaluator.float_correct,
+        q.losses,
+        q.gains,
+        u.losses,
+        u.gains,
+    )
 
 
 def _costs(qmodel: QuantizedModel, found: Mapping[TensorId, Format], input_bits: int) -> dict[str, Costs]:
@@ -443,9 +496,13 @@ def _costs(qmodel: QuantizedModel, found: Mapping[TensorId, Format], input_bits:
 
 
 def _layer_results(
-    qmodel: QuantizedModel, decisions: tuple[TensorDecision, ...], magnitudes: Mapping[TensorId, float]
+    qmodel: QuantizedModel,
+    decisions: tuple[TensorDecision, ...],
+    magnitudes: Mapping[TensorId, float],
+    search: SearchSettings,
 ) -> list[LayerResult]:
     by_tensor = {d.tensor: d for d in decisions}
+    scheduled = {t: eps for t, _, eps in search_plan([q.tensors() for q in qmodel.layers], search)}
     layers = []
     for q in qmodel.layers:
         tensors: dict[str, TensorResult] = {}
@@ -463,6 +520,8 @@ def _layer_results(
                 local=(d.local.bw, d.local.f),
                 rule=d.rule,
                 evaluations=d.evaluations,
+                bound=d.bound,
+                scheduled_eps=scheduled[tensor] if scheduled[tensor] != d.eps else None,
             )
         layers.append(
             LayerResult(
