@@ -130,6 +130,7 @@ def evaluate(
         unsafe_load=chosen.unsafe_load,
         batch_size=chosen.batch_size,
         dataset=dataset,
+        confidence=chosen.search.confidence,
     )
     return evaluation
 

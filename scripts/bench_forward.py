@@ -63,7 +63,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
     from optsearch.data import Preprocess, load_data
-    from optsearch.evaluate.keras import activation_ranges
+    from optsearch.evaluators.keras import activation_ranges
     from optsearch.model.graph import quantized_model, uniform_formats
     from optsearch.model.loading import load_model
 

@@ -7,7 +7,7 @@ defaults, ``SearchSettings()``, eps 0.01) and writes ``docs/benchmarks.md`` and 
 - ``inplace`` ``KerasEvaluator(fragile_first=False)``: one model, formats changed in place, early
   rejection in data order.
 - ``keras``   ``KerasEvaluator``: as ``inplace``, samples most likely to flip first.
-- ``engine``  ``optsearch.evaluate.engine.CachedEvaluator`` (prefix cache, memo), when that module exists.
+- ``engine``  ``optsearch.evaluators.engine.CachedEvaluator`` (prefix cache, memo), when that module exists.
 
 Ablations, each the engine with one technique taken away (what that technique contributes):
 ``engine-nomemo`` (no memo by content), ``engine-nocache`` (prefix recomputed for every
@@ -125,8 +125,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
     from optsearch.data import Preprocess, batches, fit_channel_axis, load_data, split, validate
-    from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
-    from optsearch.evaluate.naive import NaiveEvaluator
+    from optsearch.evaluators.keras import KerasEvaluator, activation_ranges
+    from optsearch.evaluators.naive import NaiveEvaluator
     from optsearch.methods.opt_search import SearchSettings, opt_search, search_plan
     from optsearch.model.graph import quantized_model
     from optsearch.model.loading import load_model
@@ -168,7 +168,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     elif name == "keras":
         evaluator = KerasEvaluator(qmodel, search, preprocess, args.batch_size)
     else:
-        from optsearch.evaluate.engine import CachedEvaluator
+        from optsearch.evaluators.engine import CachedEvaluator
 
         evaluator = CachedEvaluator(
             qmodel,

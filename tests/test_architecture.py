@@ -2,7 +2,7 @@
 
 Rules: a module imports only its own layer and the layers below it (``render`` and ``deploy`` share
 a rank and do not import each other); nothing but ``__main__`` imports ``cli``; only ``model``,
-``evaluate`` and ``run`` import Keras or TensorFlow; the modules import each other without a cycle.
+``evaluators`` and ``run`` import Keras or TensorFlow; the modules import each other without a cycle.
 Imports inside functions and under ``TYPE_CHECKING`` count: a lazy import is still a dependency.
 """
 
@@ -22,7 +22,7 @@ RANKS = {
     "settings": 2,
     "model": 3,
     "data": 4,
-    "evaluate": 5,
+    "evaluators": 5,
     "results": 6,
     "render": 7,
     "deploy": 7,
@@ -34,7 +34,7 @@ RANKS = {
     "cli": 12,
     "__main__": 13,  # ``python -m optsearch``: the command line's entry point
 }
-KERAS_OWNERS = {"model", "evaluate", "run"}
+KERAS_OWNERS = {"model", "evaluators", "run"}
 FRAMEWORKS = ("keras", "tensorflow", "tf_keras")
 
 
@@ -103,7 +103,7 @@ def test_imports_follow_the_layers(module: str) -> None:
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_only_the_model_evaluate_and_run_layers_import_keras(module: str) -> None:
+def test_only_the_model_evaluators_and_run_layers_import_keras(module: str) -> None:
     if _part(module) in KERAS_OWNERS:
         return
     frameworks = {name for name in _imports(MODULES[module], module) if name.split(".")[0] in FRAMEWORKS}

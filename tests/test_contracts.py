@@ -15,9 +15,9 @@ from conftest import images, make_result_dir, tiny_model
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
 from optsearch.deploy.exporters import EXPORTERS, Exporter
-from optsearch.evaluate.engine import CachedEvaluator
-from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
-from optsearch.evaluate.naive import NaiveEvaluator
+from optsearch.evaluators.engine import CachedEvaluator
+from optsearch.evaluators.keras import KerasEvaluator, activation_ranges
+from optsearch.evaluators.naive import NaiveEvaluator
 from optsearch.methods.evaluator import Evaluator
 from optsearch.model.graph import QuantizedModel, quantized_model, uniform_formats
 

@@ -13,8 +13,8 @@ from optsearch.core.confidence import AcceptanceTest
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset
-from optsearch.evaluate.engine import CachedEvaluator
-from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
+from optsearch.evaluators.engine import CachedEvaluator
+from optsearch.evaluators.keras import KerasEvaluator, activation_ranges
 from optsearch.methods.opt_search import SearchSettings, opt_search
 from optsearch.model.graph import QuantizedModel, quantized_model
 

@@ -15,7 +15,7 @@ from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format, quantize
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
-from optsearch.evaluate.keras import KerasEvaluator, activation_ranges, chunk_bounds
+from optsearch.evaluators.keras import KerasEvaluator, activation_ranges, chunk_bounds
 from optsearch.methods.evaluator import candidate_formats, eval_acc_loss, relative_loss
 from optsearch.model.graph import quantized_model
 

@@ -14,8 +14,8 @@ import pytest
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
-from optsearch.evaluate.keras import KerasEvaluator, activation_ranges
-from optsearch.evaluate.naive import NaiveEvaluator
+from optsearch.evaluators.keras import KerasEvaluator, activation_ranges
+from optsearch.evaluators.naive import NaiveEvaluator
 from optsearch.methods.opt_search import SearchSettings, opt_search
 from optsearch.model.graph import QuantizedModel, quantized_model
 

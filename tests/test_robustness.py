@@ -19,8 +19,8 @@ from optsearch.cli.main import cli
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset
-from optsearch.evaluate.engine import CachedEvaluator
-from optsearch.evaluate.keras import KerasEvaluator
+from optsearch.evaluators.engine import CachedEvaluator
+from optsearch.evaluators.keras import KerasEvaluator
 from optsearch.model.graph import quantized_model
 
 L = keras.layers

@@ -106,9 +106,11 @@ def evaluate(
     for part in evaluation.parts:
         if part.warning is not None:
             click.echo(part.warning, err=True)
+        low, high = part.loss_interval
         click.echo(
             f"{part.part:8s} {part.samples:6d} samples  float {part.float_accuracy:.4%}  "
-            f"{label} {part.quantized_accuracy:.4%}  loss {part.loss:+.4%}"
+            f"{label} {part.quantized_accuracy:.4%}  loss {part.loss:+.4%} "
+            f"({part.confidence:.0%} CI {low:+.2%} .. {high:+.2%}, L/G {part.losses}/{part.gains})"
         )
     for cost in evaluation.costs:
         saving = cost.saving

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from optsearch.core.confidence import DEFAULT_CONFIDENCE, accuracy_interval, loss_interval, loss_upper_bound
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.fixedpoint import Format, OffsetRule
 from optsearch.core.tensors import ActivationPoint, TensorId
 from optsearch.data import Dataset
-from optsearch.evaluate.keras import KerasEvaluator, activation_ranges, below_chance_warning
+from optsearch.evaluators.keras import KerasEvaluator, activation_ranges, below_chance_warning
 from optsearch.model.graph import uniform_formats
 from optsearch.results.folder import ResultFolder, checked_formats
 from optsearch.run.inputs import Inputs, prepare
@@ -32,6 +33,28 @@ class PartAccuracy:
     """``da = (a - a_q) / a`` (eq. 6)."""
     warning: str | None
     """Set when the float model is no better than chance on this part (wrong data or preprocessing)."""
+    float_correct: int
+    losses: int
+    """Samples the float model gets right and the formats wrong."""
+    gains: int
+    """Samples the float model gets wrong and the formats right."""
+    confidence: float = DEFAULT_CONFIDENCE
+
+    @property
+    def loss_interval(self) -> tuple[float, float]:
+        """Two-sided interval of the true relative loss at ``confidence`` (docs/algorithm.md)."""
+        return loss_interval(self.losses, self.gains, self.float_correct, self.samples, self.confidence)
+
+    @property
+    def loss_bound(self) -> float:
+        """One-sided upper confidence bound of the true relative loss at ``confidence``."""
+        return loss_upper_bound(self.losses, self.gains, self.float_correct, self.samples, self.confidence)
+
+    @property
+    def accuracy_interval(self) -> tuple[float, float]:
+        """Exact two-sided interval of the formats' top-1 accuracy."""
+        correct = self.float_correct - self.losses + self.gains
+        return accuracy_interval(correct, self.samples, self.confidence)
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,7 @@ def evaluate_formats(
     unsafe_load: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     dataset: Dataset | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[FormatsEvaluation, Inputs]:
     """Accuracy of ``model`` in float and with the formats, on the search and held-out parts, and
     the costs against 8-bit and float32. Also returns the inputs (the quantized model is set to the
@@ -92,6 +116,10 @@ def evaluate_formats(
                 result.correct / result.samples,
                 result.loss,
                 below_chance_warning(evaluator.float_accuracy, inputs.num_classes, f"{name} set"),
+                evaluator.float_correct,
+                result.losses or 0,
+                result.gains or 0,
+                confidence,
             )
         )
     layers = inputs.qmodel.layers

@@ -28,8 +28,8 @@ from optsearch.core.fixedpoint import Format
 from optsearch.core.netlist import DeployError, real_inputs
 from optsearch.core.tensors import KIND_NAMES, TensorId
 from optsearch.data import Dataset, batches
-from optsearch.evaluate.engine import CachedEvaluator
-from optsearch.evaluate.keras import (
+from optsearch.evaluators.engine import CachedEvaluator
+from optsearch.evaluators.keras import (
     KerasEvaluator,
     activation_ranges,
     below_chance_warning,

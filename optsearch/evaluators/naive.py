@@ -19,7 +19,7 @@ from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import ActivationPoint, TensorId
 from optsearch.data import Dataset, Preprocess, batches
-from optsearch.evaluate.keras import predicted_classes
+from optsearch.evaluators.keras import predicted_classes
 from optsearch.methods.evaluator import Evaluation, relative_loss
 from optsearch.model.graph import quantized_model
 from optsearch.settings import DEFAULT_BATCH_SIZE

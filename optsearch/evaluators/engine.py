@@ -29,7 +29,7 @@ from optsearch.core.confidence import AcceptanceTest
 from optsearch.core.fixedpoint import Format, quantize
 from optsearch.core.tensors import TensorId
 from optsearch.data import Dataset, Preprocess
-from optsearch.evaluate.keras import KerasEvaluator, input_spec, predicted_classes
+from optsearch.evaluators.keras import KerasEvaluator, input_spec, predicted_classes
 from optsearch.methods.evaluator import Evaluation, settled
 from optsearch.model.graph import QuantizedModel, Segment
 from optsearch.settings import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB
