@@ -115,3 +115,11 @@ def test_the_paper_criterion_warns_when_the_data_cannot_certify_eps(
 def test_confidence_outside_the_open_interval_is_refused(files: dict[str, Path], value: str) -> None:
     result = _run("run", files["model"], "--data", files["data"], "--confidence", value)
     assert result.exit_code == 2 and "--confidence" in result.output and "0.5<x<1" in result.output
+
+
+def test_run_help_says_how_much_data_a_budget_needs() -> None:
+    result = _run("run", "--help")
+    assert result.exit_code == 0
+    assert "How much data a budget needs" in result.output
+    assert "500      0.603%" in result.output and "50,000" in result.output
+    assert "--criterion [guarded|paper]" in result.output and "--confidence" in result.output

@@ -22,7 +22,30 @@ from optsearch.config.schema import CHECK_SETTINGS, CHECKS, RUN_SETTINGS
 from optsearch.model.environment import quiet_tensorflow
 
 
-@click.command()
+class _RunCommand(click.Command):
+    """``run --help`` ends with how much data a budget needs, computed when the help is shown."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from optsearch.core.confidence import DEFAULT_CONFIDENCE, size_table
+
+        rows = size_table(DEFAULT_CONFIDENCE)
+        accuracies = sorted({row.accuracy for row in rows}, reverse=True)
+        formatter.write_paragraph()
+        formatter.write_text(
+            f"How much data a budget needs: the smallest loss the guarded test certifies at "
+            f"{DEFAULT_CONFIDENCE:.0%} (a candidate that flips nothing), by search samples n and float "
+            "accuracy a. A budget below it cannot be certified: run refuses such an eps, and raises a "
+            "layer's share below it to it (docs/budget.md)."
+        )
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text("n        " + "".join(f"a = {a:<10.0%}" for a in accuracies))
+            for n in sorted({row.samples for row in rows}):
+                cells = {row.accuracy: row.certifiable_loss for row in rows if row.samples == n}
+                formatter.write_text(f"{n:<9,d}" + "".join(f"{cells[a]:<14.3%}" for a in accuracies))
+
+
+@click.command(cls=_RunCommand)
 @click.option(
     "--config",
     "config_file",
