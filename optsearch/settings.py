@@ -82,6 +82,7 @@ class RunSettings:
             "allocation": {kind: asdict(rule) for kind, rule in s.allocation.items()},
             "criterion": s.criterion,
             "confidence": s.confidence,
+            "certify_fraction": s.certify_fraction,
             "activation_point": self.activation_point,
             "fold_bn": self.fold_bn,
             "input_bits": self.input_bits,
@@ -117,6 +118,7 @@ class RunSettings:
             # formats.json files of 0.1.0 have neither: they searched with Alg. 2's own test.
             criterion=settings.get("criterion", "paper"),
             confidence=settings.get("confidence", defaults.confidence),
+            certify_fraction=settings.get("certify_fraction", 0.0),
         )
         resize = data.get("resize")
         return cls(

@@ -123,3 +123,27 @@ def test_run_help_says_how_much_data_a_budget_needs() -> None:
     assert "How much data a budget needs" in result.output
     assert "500      0.603%" in result.output and "50,000" in result.output
     assert "--criterion [guarded|paper]" in result.output and "--confidence" in result.output
+
+
+def test_certification_tests_the_final_network_on_samples_no_decision_saw(
+    files: dict[str, Path], larger: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "certified"
+    result = _run(
+        "run", files["model"], "--data", larger, "--eps", "0.02", "--certify-fraction", "0.4", "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    assert "certify: the searched network on" in result.output
+    data = json.loads((out / "formats.json").read_text())
+    assert data["settings"]["certify_fraction"] == 0.4
+    search, certify = data["accuracy"]["search"], data["accuracy"]["certify"]
+    assert search["samples"] + certify["samples"] == data["data"]["search_samples"]
+    assert any(line.startswith("certify: the searched network") for line in data["log"])
+    for layer in data["layers"]:
+        for t in layer["tensors"].values():
+            assert t.get("added_bits", 0) >= 0 and t["bw"] <= t["start"][0]
+    added = sum(t.get("added_bits", 0) for layer in data["layers"] for t in layer["tensors"].values())
+    steps = [line for line in data["log"] if line.startswith("certify: ") and "->" in line]
+    assert len(steps) == added
+    if "certified" in data["log"][-1] and "NOT" not in data["log"][-1]:
+        assert certify["intervals"]["quantized_loss_upper_bound"] <= 0.02

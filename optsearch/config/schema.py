@@ -418,6 +418,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "0.95",
     ),
     Setting(
+        "certify_fraction",
+        Value("float", 0.0, 0.9),
+        0.0,
+        "Keep this share of the search data away from every decision, and test the final network on it "
+        "with the same criterion: while it fails, the tensor whose decision added the most loss gets one "
+        "bit back along the diagonal, (BW+1, F+1). The search's choices are biased toward lucky "
+        "samples; these never took part in them. 0 = off.",
+        "0.3",
+    ),
+    Setting(
         "input_bits",
         Value("int", 1, 32),
         8,
@@ -606,6 +616,7 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         allocation=rules,
         criterion=values["criterion"],
         confidence=values["confidence"],
+        certify_fraction=values["certify_fraction"],
     )
 
 

@@ -49,6 +49,9 @@ class SearchSettings:
     """How a candidate's loss is tested against its budget: ``paper`` (Alg. 2: the observed loss) or
     ``guarded`` (its upper confidence bound at ``confidence``; ``core.confidence``)."""
     confidence: float = DEFAULT_CONFIDENCE
+    certify_fraction: float = 0.0
+    """Share of the search data kept away from every decision, to certify the final network on
+    (``methods.certify``); 0 = off."""
 
     @property
     def acceptance(self) -> AcceptanceTest:
@@ -69,6 +72,8 @@ class SearchSettings:
                 raise ValueError(f"BW0 for {kind} must be in [2, {self.bw0_cap}], got {self.bw0.get(kind)}")
         check_allocation(self.allocation)
         self.acceptance  # noqa: B018  (checks criterion and confidence)
+        if not 0.0 <= self.certify_fraction < 1.0:
+            raise ValueError(f"certify fraction must be in [0, 1), got {self.certify_fraction}")
 
     @classmethod
     def independent_search(cls, eps: float = 0.003, **kwargs: object) -> SearchSettings:

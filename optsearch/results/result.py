@@ -54,6 +54,8 @@ class TensorResult:
     """Guarded criterion: the upper confidence bound of ``loss`` that met ``eps``."""
     scheduled_eps: float | None = None
     """When the budget was raised to the smallest loss the search data can certify: eq. 9's own."""
+    added_bits: int | None = None
+    """Bits the certification gave back after the search (``bw``/``f`` include them)."""
 
     @property
     def format(self) -> Format:
@@ -359,7 +361,7 @@ def _without_absent(data: dict[str, Any], optional: tuple[str, ...]) -> dict[str
     return {k: v for k, v in data.items() if k not in optional or v is not None}
 
 
-_OPTIONAL_TENSOR = ("bound", "scheduled_eps")
+_OPTIONAL_TENSOR = ("bound", "scheduled_eps", "added_bits")
 _OPTIONAL_ACCURACY = ("float_correct", "losses", "gains", "uniform8_losses", "uniform8_gains")
 
 

@@ -27,7 +27,7 @@ from optsearch.core.files import sha256
 from optsearch.core.fixedpoint import Format
 from optsearch.core.netlist import DeployError, real_inputs
 from optsearch.core.tensors import KIND_NAMES, TensorId
-from optsearch.data import Dataset, batches
+from optsearch.data import Dataset, batches, split
 from optsearch.evaluators.engine import CachedEvaluator
 from optsearch.evaluators.keras import (
     KerasEvaluator,
@@ -35,6 +35,7 @@ from optsearch.evaluators.keras import (
     below_chance_warning,
     predicted_classes,
 )
+from optsearch.methods.certify import BackOff, Certification, certify
 from optsearch.methods.opt_search import (
     EvaluationRecord,
     SearchOutcome,
@@ -100,6 +101,8 @@ class Prepared:
     setup_seconds: float
     floor: float = 0.0
     """No tensor's budget below this: the smallest loss the guarded test can certify on the search set."""
+    certify_set: Dataset | None = None
+    """The part of the search data no decision sees (``--certify-fraction``), or None."""
 
     @property
     def qmodel(self) -> QuantizedModel:
@@ -146,7 +149,8 @@ def run(
 
     with work_dir(out, overwrite, resume, keep) as tmp:
         searched = search_formats(prepared, settings.search, tmp, fingerprint, resume, recorded, echo)
-        result = measure(prepared, settings, searched, started)
+        certification = certify_stage(prepared, settings, searched, echo)
+        result = measure(prepared, settings, searched, started, certification)
         write_result(result, prepared, tmp)
         for name in (REQUEST_FILE, DECISIONS_FILE):
             (tmp / name).unlink(missing_ok=True)
@@ -175,6 +179,11 @@ def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = Non
         dataset=dataset,
     )
     qmodel = inputs.qmodel
+    selection, certify_set = inputs.search, None
+    if settings.search.certify_fraction > 0:
+        selection, certify_set = split(
+            inputs.search, 1.0 - settings.search.certify_fraction, settings.data.seed
+        )
     folding: dict[str, Any] = {}
     for fold in inputs.folds:
         echo(_fold_line(fold))
@@ -188,13 +197,18 @@ def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = Non
     echo(
         f"{settings.model}: {len(qmodel.layers)} quantizable layers, {len(qmodel.tensors)} tensors; "
         f"search set {len(inputs.search)} samples"
+        + (
+            f" ({len(selection)} to decide on, {len(certify_set)} to certify the result)"
+            if certify_set is not None
+            else ""
+        )
         + (f", held-out {len(inputs.held_out)}" if inputs.held_out is not None else ", no held-out set")
     )
     t0 = time.perf_counter()
-    ranges = activation_ranges(qmodel, inputs.search, inputs.preprocess, settings.batch_size)
+    ranges = activation_ranges(qmodel, selection, inputs.preprocess, settings.batch_size)
     evaluator = CachedEvaluator(
         qmodel,
-        inputs.search,
+        selection,
         inputs.preprocess,
         settings.batch_size,
         settings.cache_mb,
@@ -205,8 +219,9 @@ def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = Non
     warning = below_chance_warning(evaluator.float_accuracy, inputs.num_classes, "search set")
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
-    floor = budget_floor(settings.search, len(inputs.search), evaluator.float_accuracy)
-    return Prepared(inputs, evaluator, ranges, qmodel.magnitudes(ranges), folding, setup_seconds, floor)
+    floor = budget_floor(settings.search, len(selection), evaluator.float_accuracy)
+    magnitudes = qmodel.magnitudes(ranges)
+    return Prepared(inputs, evaluator, ranges, magnitudes, folding, setup_seconds, floor, certify_set)
 
 
 def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float:
@@ -307,7 +322,53 @@ def search_formats(
     )
 
 
-def measure(prepared: Prepared, settings: RunSettings, searched: Searched, started: float) -> RunResult:
+def certify_stage(
+    prepared: Prepared, settings: RunSettings, searched: Searched, echo: Echo
+) -> Certification | None:
+    """Test the searched network on the certification set and back off where it fails
+    (``methods.certify``); None without ``--certify-fraction``. Every step goes to the run's log."""
+    if prepared.certify_set is None:
+        return None
+    qmodel, eps = prepared.qmodel, settings.search.eps
+    evaluator = KerasEvaluator(
+        qmodel,
+        prepared.certify_set,
+        prepared.inputs.preprocess,
+        settings.batch_size,
+        acceptance=settings.search.acceptance,
+    )
+
+    def note(step: BackOff) -> None:
+        searched.log.append(
+            f"certify: {step.tensor} {step.before} -> {step.after}: "
+            f"{'' if step.exact else 'at least '}{step.statistic:.3%} on the certification set"
+        )
+        tqdm.write(searched.log[-1], file=sys.stderr)
+
+    certification = certify(evaluator, searched.outcome.decisions, eps, on_step=note)
+    first = certification.first
+    verdict = (
+        f"certify: the searched network on {len(prepared.certify_set)} samples no decision saw: "
+        f"{'' if first.exact else 'at least '}{first.statistic:.3%} against eps {eps:.3%}; "
+        + (
+            "certified as searched"
+            if not certification.steps and certification.certified
+            else f"{len(certification.steps)} bits given back, "
+            + ("certified" if certification.certified else "NOT certified: no tensor has a bit left to give")
+        )
+    )
+    searched.log.append(verdict)
+    echo(verdict)
+    return certification
+
+
+def measure(
+    prepared: Prepared,
+    settings: RunSettings,
+    searched: Searched,
+    started: float,
+    certification: Certification | None = None,
+) -> RunResult:
     """Accuracy of the found formats and of uniform 8-bit on every data part, and the costs."""
     inputs, qmodel, search_eval = prepared.inputs, prepared.qmodel, prepared.evaluator
     timings = {"setup_seconds": prepared.setup_seconds, "search_seconds": searched.seconds}
@@ -315,10 +376,19 @@ def measure(prepared: Prepared, settings: RunSettings, searched: Searched, start
         timings["search_seconds_before_resume"] = searched.seconds_before_resume
     t0 = time.perf_counter()
     outcome = searched.outcome
-    found = outcome.formats
+    found = outcome.formats if certification is None else certification.formats
     steps = _steps(outcome.decisions, search_eval, settings.search.independent)
     uniform8 = uniform_formats(qmodel, UNIFORM_BW, prepared.ranges, settings.search.offset_rule)
     accuracy = {"search": _accuracy(search_eval, found, uniform8)}
+    if prepared.certify_set is not None:
+        certify_eval = KerasEvaluator(
+            qmodel,
+            prepared.certify_set,
+            inputs.preprocess,
+            settings.batch_size,
+            acceptance=settings.search.acceptance,
+        )
+        accuracy["certify"] = _accuracy(certify_eval, found, uniform8)
     if inputs.held_out is not None:
         held_eval = KerasEvaluator(
             qmodel,
@@ -339,7 +409,13 @@ def measure(prepared: Prepared, settings: RunSettings, searched: Searched, start
             held_out_samples=len(inputs.held_out) if inputs.held_out is not None else 0,
         ),
         settings=settings,
-        layers=_layer_results(qmodel, outcome.decisions, prepared.magnitudes, settings.search),
+        layers=_layer_results(
+            qmodel,
+            outcome.decisions,
+            prepared.magnitudes,
+            settings.search,
+            certification.added_bits if certification else {},
+        ),
         accuracy=accuracy,
         costs=_costs(qmodel, found, settings.input_bits),
         steps=steps,
@@ -500,6 +576,7 @@ def _layer_results(
     decisions: tuple[TensorDecision, ...],
     magnitudes: Mapping[TensorId, float],
     search: SearchSettings,
+    added_bits: Mapping[TensorId, int],
 ) -> list[LayerResult]:
     by_tensor = {d.tensor: d for d in decisions}
     scheduled = {t: eps for t, _, eps in search_plan([q.tensors() for q in qmodel.layers], search)}
@@ -508,9 +585,10 @@ def _layer_results(
         tensors: dict[str, TensorResult] = {}
         for tensor in q.tensors():
             d = by_tensor[tensor]
+            added = added_bits.get(tensor, 0)
             tensors[tensor.kind] = TensorResult(
-                bw=d.fmt.bw,
-                f=d.fmt.f,
+                bw=d.fmt.bw + added,
+                f=d.fmt.f + added,
                 eps=d.eps,
                 loss=d.loss,
                 z=magnitudes[tensor],
@@ -522,6 +600,7 @@ def _layer_results(
                 evaluations=d.evaluations,
                 bound=d.bound,
                 scheduled_eps=scheduled[tensor] if scheduled[tensor] != d.eps else None,
+                added_bits=added or None,
             )
         layers.append(
             LayerResult(
