@@ -79,3 +79,10 @@ def test_back_off_spreads_over_tensors() -> None:
     evaluator = Additive({A: 1.0, B: 1.0, C: 1.0})
     result = certify(evaluator, DECISIONS, 0.001)
     assert [s.tensor for s in result.steps][:6] == [B, B, B, A, C, B]
+
+
+def test_it_says_why_it_stopped() -> None:
+    evaluator = Additive({A: 1.0, B: 1.0, C: 1.0})
+    assert "started from" in certify(evaluator, DECISIONS, 0.01).why
+    assert "2 bits given back" in certify(evaluator, DECISIONS, 0.01, max_back_offs=2).why
+    assert certify(Additive({A: 0.0, B: 0.0, C: 0.0}), DECISIONS, 0.01).why == ""

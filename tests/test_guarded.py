@@ -147,3 +147,24 @@ def test_certification_tests_the_final_network_on_samples_no_decision_saw(
     assert len(steps) == added
     if "certified" in data["log"][-1] and "NOT" not in data["log"][-1]:
         assert certify["intervals"]["quantized_loss_upper_bound"] <= 0.02
+
+
+def test_a_certification_set_too_small_to_certify_is_refused(
+    files: dict[str, Path], larger: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "small"
+    args = (
+        "run",
+        files["model"],
+        "--data",
+        larger,
+        "--eps",
+        "0.005",
+        "--certify-fraction",
+        "0.2",
+        "--out",
+        out,
+    )
+    result = _run(*args)
+    assert result.exit_code == 2 and "--certify-fraction 0.2 leaves 240 samples" in result.output
+    assert not out.exists()

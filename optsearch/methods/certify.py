@@ -46,6 +46,8 @@ class Certification:
     steps: tuple[BackOff, ...]
     certified: bool
     """Whether the final network meets eps on the certification set."""
+    why: str = ""
+    """When not certified: why the back-off stopped."""
 
     @property
     def added_bits(self) -> dict[TensorId, int]:
@@ -88,10 +90,15 @@ def certify(
     ceiling = {d.tensor: d.start for d in decisions}
     first = result = evaluator.evaluate(formats, max_loss=eps)
     steps: list[BackOff] = []
-    while not (result.exact and result.accepted(eps)) and len(steps) < max_back_offs:
+    why = ""
+    while not (result.exact and result.accepted(eps)):
         # An all-zero tensor was pruned at its start (BW 1): its ceiling keeps it pruned.
         open_ = [t for t, fmt in formats.items() if fmt.bw < ceiling[t].bw]
         if not open_:
+            why = "every tensor is back at the format its search started from"
+            break
+        if len(steps) >= max_back_offs:
+            why = f"{max_back_offs} bits given back, the most it gives"
             break
         tensor = max(open_, key=lambda t: (owed[t], -list(formats).index(t)))
         before = formats[tensor]
@@ -102,4 +109,5 @@ def certify(
         steps.append(step)
         if on_step is not None:
             on_step(step)
-    return Certification(dict(formats), first, tuple(steps), result.exact and result.accepted(eps))
+    certified = result.exact and result.accepted(eps)
+    return Certification(dict(formats), first, tuple(steps), certified, "" if certified else why)

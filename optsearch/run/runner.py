@@ -220,6 +220,8 @@ def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = Non
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
     floor = budget_floor(settings.search, len(selection), evaluator.float_accuracy)
+    if certify_set is not None:
+        _check_certify_set(settings.search, len(certify_set), evaluator.float_accuracy)
     magnitudes = qmodel.magnitudes(ranges)
     return Prepared(inputs, evaluator, ranges, magnitudes, folding, setup_seconds, floor, certify_set)
 
@@ -246,6 +248,21 @@ def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float
         )
     print(f"warning: {what}; the budget will not hold on new data at that confidence", file=sys.stderr)
     return 0.0
+
+
+def _check_certify_set(search: SearchSettings, samples: int, accuracy: float) -> None:
+    """Refuse a certification set too small to certify eps even for a network that flips nothing
+    there: backing off could never succeed, and would only spend bits."""
+    certifiable = certifiable_loss(samples, accuracy, search.confidence)
+    if certifiable <= search.eps:
+        return
+    needed = samples_needed(search.eps, accuracy, search.confidence)
+    raise OptsearchError(
+        f"--certify-fraction {search.certify_fraction:g} leaves {samples:,} samples to certify the result "
+        f"on, which certify at best {certifiable:.2%} at {search.confidence:.0%} confidence; eps "
+        f"{search.eps:.2%} needs at least {needed:,} (and more, to allow for any flip): give more data, a "
+        "larger --certify-fraction or --eps, or leave --certify-fraction at 0"
+    )
 
 
 def search_formats(
@@ -354,7 +371,7 @@ def certify_stage(
             "certified as searched"
             if not certification.steps and certification.certified
             else f"{len(certification.steps)} bits given back, "
-            + ("certified" if certification.certified else "NOT certified: no tensor has a bit left to give")
+            + ("certified" if certification.certified else f"NOT certified ({certification.why})")
         )
     )
     searched.log.append(verdict)
