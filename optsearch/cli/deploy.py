@@ -16,7 +16,7 @@ from optsearch.model.environment import quiet_tensorflow
 if TYPE_CHECKING:  # for annotations only: the verify code is imported when the command runs
     from optsearch.deploy.integer_ref import LayerAgreement
 
-TARGETS = ("hls4ml", "c")
+TARGETS = ("hls4ml", "c", "qonnx")
 """The names of ``optsearch.deploy.exporters.EXPORTERS`` (kept here so that --help imports no exporter)."""
 
 
@@ -36,7 +36,9 @@ def _load(result_dir: Path) -> Any:
     multiple=True,
     required=True,
     help="hls4ml: the per-layer hls4ml configuration (JSON, YAML and a Python helper). c: a C header "
-    "with the integer weights and formats, and a reference C inference (sequential models). Repeatable.",
+    "with the integer weights and formats, and a reference C inference (sequential models). qonnx: "
+    "model.onnx, the network with a QONNX Quant node at every format (needs pip install "
+    "'optsearch[qonnx]'; docs/qonnx.md). Repeatable.",
 )
 @click.option(
     "--out",
@@ -83,6 +85,8 @@ def export_command(
     --to hls4ml  hls4ml_config.json / .yml / .py: every weight, bias and activation precision is
                  ap_fixed<BW, BW-F, AP_RND_CONV, AP_SAT_SYM>, accumulators exact.
     --to c       MODEL_model.h (integer weights, shifts, formats), MODEL_ref.c + optsearch_ref.h.
+    --to qonnx   model.onnx: QONNX Quant nodes (scale 2^-F, BW bits, signed, narrow, ROUND) at every
+                 format (needs pip install 'optsearch[qonnx]'; docs/qonnx.md).
 
     See docs/deployment.md. Check the result with `optsearch verify RESULT_DIR`.
     """

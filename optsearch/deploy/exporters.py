@@ -106,8 +106,30 @@ class CExporter:
         return Written(exported.write(folder), list(exported.notes))
 
 
+@dataclass(frozen=True)
+class QonnxExporter:
+    """An ONNX model with a QONNX ``Quant`` node at every weight, bias and activation format (needs onnx)."""
+
+    name: str = "qonnx"
+    description: str = "model.onnx (QONNX: a Quant node at every format; input channels last, batch 1)"
+
+    def write(
+        self,
+        netlist: Netlist,
+        folder: Path,
+        model_name: str,
+        source: str,
+        recorded: Recorded,
+        **options: Any,
+    ) -> Written:
+        from optsearch.deploy.export_qonnx import export
+
+        exported = export(netlist, source)
+        return Written(exported.write(folder), list(exported.notes))
+
+
 #: Every exporter, by its ``--to`` name.
-EXPORTERS: dict[str, Exporter] = {"hls4ml": Hls4mlExporter(), "c": CExporter()}
+EXPORTERS: dict[str, Exporter] = {"hls4ml": Hls4mlExporter(), "c": CExporter(), "qonnx": QonnxExporter()}
 
 
 def exporter(name: str) -> Exporter:

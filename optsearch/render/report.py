@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from optsearch.core.confidence import METHOD
 from optsearch.core.tensors import TENSOR_KINDS
-from optsearch.results.result import RunResult, TensorResult
+from optsearch.results.result import Costs, RunResult, TensorResult
 
 CSV_COLUMNS = (
     "index",
@@ -151,6 +151,7 @@ def report_markdown(result: RunResult) -> str:
         f"{_pct(vs8['multiply_cost'])} | {_pct(vs32['multiply_cost'])} |",
         f"| BOPs | {found.bops:,} | {eight.bops:,} | {f32.bops:,} | {_pct(vs8['bops'])} | "
         f"{_pct(vs32['bops'])} |",
+        *_hardware_rows(found, eight, f32),
         "",
         "Plots: `bitwidths.png` (bits per layer and tensor type), `loss_steps.png` (loss as the network is "
         "quantized tensor by tensor).",
@@ -271,6 +272,27 @@ def _budget_lines(result: RunResult) -> list[str]:
     return lines
 
 
+HARDWARE_ROWS = {
+    "weights": "weights memory, packed (bytes)",
+    "weights_aligned": "weights memory, C arrays int8/16/32 (bytes)",
+    "peak_activations": "peak activation memory, packed (bytes)",
+    "peak_activations_aligned": "peak activation memory, C arrays (bytes)",
+}
+
+
+def _hardware_rows(found: Costs, eight: Costs, f32: Costs) -> list[str]:
+    """Memory as the target counts it: flash for the weights, the activation arena's peak in RAM."""
+    sizes = [c.hardware_bytes for c in (found, eight, f32)]
+    vs8, vs32 = found.hardware_saving(eight), found.hardware_saving(f32)
+    if any(s is None for s in sizes) or vs8 is None or vs32 is None:
+        return []
+    rows = []
+    for key, label in HARDWARE_ROWS.items():
+        cells = " | ".join(f"{s[key]:,}" for s in sizes if s is not None)
+        rows.append(f"| {label} | {cells} | {_pct(vs8[key])} | {_pct(vs32[key])} |")
+    return [*rows, f"| (activation peak at) | {found.peak_step} | {eight.peak_step} | {f32.peak_step} | | |"]
+
+
 def _float_input_lines(result: RunResult) -> list[str]:
     """Which layers read a real-valued input, and what that means for the accuracies above."""
     causes = result.model.float_inputs or {}
@@ -317,6 +339,15 @@ def summary_lines(result: RunResult) -> list[str]:
         f"multiply cost {_pct(vs8['multiply_cost'])} less than 8-bit, "
         f"{_pct(vs32['multiply_cost'])} less than float32"
     )
+    found = result.costs["quantized"]
+    sizes, hw8 = found.hardware_bytes, found.hardware_saving(result.costs["uniform8"])
+    if sizes is not None and hw8 is not None:
+        lines.append(
+            f"on the target: weights {sizes['weights']:,} bytes packed ({sizes['weights_aligned']:,} as C "
+            f"arrays), {_pct(hw8['weights'])} less than 8-bit; peak activations "
+            f"{sizes['peak_activations']:,} bytes (at {found.peak_step}), {_pct(hw8['peak_activations'])} "
+            "less than 8-bit"
+        )
     lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")
     causes = result.model.float_inputs or {}
     if causes:

@@ -166,10 +166,41 @@ class Costs:
     memory_bits_total: int
     multiply_cost: int
     bops: int
+    weights_bytes: int | None = None
+    """Flash/ROM: every weight and bias at its bitwidth, packed (``core.memory``)."""
+    weights_bytes_aligned: int | None = None
+    """The same with each value rounded up to a C integer type (int8/int16/int32)."""
+    peak_activation_bytes: int | None = None
+    """RAM: the largest set of activation buffers alive at once, layers run in ``model.layers``
+    order (TFLite Micro's arena), one sample, packed."""
+    peak_activation_bytes_aligned: int | None = None
+    peak_step: str | None = None
+    """The step at which the activation memory peaks."""
 
     @property
     def memory_bytes(self) -> float:
         return self.memory_bits_total / 8
+
+    @property
+    def hardware_bytes(self) -> dict[str, int] | None:
+        """Memory as the target counts it (bytes): weights packed and as C arrays, the activation
+        arena's peak packed and as C arrays; None for a file without them (0.1.0)."""
+        values = {
+            "weights": self.weights_bytes,
+            "weights_aligned": self.weights_bytes_aligned,
+            "peak_activations": self.peak_activation_bytes,
+            "peak_activations_aligned": self.peak_activation_bytes_aligned,
+        }
+        if any(v is None for v in values.values()):
+            return None
+        return {k: int(v) for k, v in values.items() if v is not None}
+
+    def hardware_saving(self, base: Costs) -> dict[str, float] | None:
+        """``1 - found / base`` for each of ``hardware_bytes`` (the savings formula of eq. 7's)."""
+        mine, theirs = self.hardware_bytes, base.hardware_bytes
+        if mine is None or theirs is None:
+            return None
+        return {k: 1.0 - mine[k] / theirs[k] for k in mine}
 
     def saving(self, base: Costs) -> dict[str, float]:
         """Relative savings against ``base`` (0.5 = half): memory, multiply cost, BOPs (spec §8)."""
@@ -290,7 +321,7 @@ class RunResult:
             "accuracy": {
                 k: _accuracy_dict(v, self.settings.search.confidence) for k, v in self.accuracy.items()
             },
-            "costs": {k: asdict(v) for k, v in self.costs.items()},
+            "costs": {k: _without_absent(asdict(v), _OPTIONAL_COSTS) for k, v in self.costs.items()},
             "steps": self.steps,
             "evaluations": self.evaluations,
             "timings": self.timings,
@@ -363,6 +394,13 @@ def _without_absent(data: dict[str, Any], optional: tuple[str, ...]) -> dict[str
 
 _OPTIONAL_TENSOR = ("bound", "scheduled_eps", "added_bits")
 _OPTIONAL_ACCURACY = ("float_correct", "losses", "gains", "uniform8_losses", "uniform8_gains")
+_OPTIONAL_COSTS = (
+    "weights_bytes",
+    "weights_bytes_aligned",
+    "peak_activation_bytes",
+    "peak_activation_bytes_aligned",
+    "peak_step",
+)
 
 
 def _layer_dict(layer: LayerResult) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
 from optsearch.core.files import sha256
 from optsearch.core.fixedpoint import Format
+from optsearch.core.memory import buffer_bits, peak_activation_memory, uniform_buffer_bits, weights_memory
 from optsearch.core.netlist import DeployError, real_inputs
-from optsearch.core.tensors import KIND_NAMES, TensorId
+from optsearch.core.tensors import KIND_NAMES, ActivationPoint, TensorId
 from optsearch.data import Dataset, batches, split
 from optsearch.evaluators.engine import CachedEvaluator
 from optsearch.evaluators.keras import (
@@ -48,6 +49,7 @@ from optsearch.model.environment import versions
 from optsearch.model.folding import Fold
 from optsearch.model.graph import QuantizedModel, uniform_formats
 from optsearch.model.netlist import read_netlist
+from optsearch.model.schedule import activation_schedule
 from optsearch.render.files import write_rendered
 from optsearch.results.folder import FOLDED_MODEL_FILE, LOG_FILE, MODEL_FILE, ResultFolder
 from optsearch.results.result import (
@@ -434,7 +436,7 @@ def measure(
             certification.added_bits if certification else {},
         ),
         accuracy=accuracy,
-        costs=_costs(qmodel, found, settings.input_bits),
+        costs=_costs(qmodel, found, settings.input_bits, settings.activation_point),
         steps=steps,
         # Every decision's evaluations, also those made before a resume (the same as one run).
         evaluations=sum(d.evaluations for d in outcome.decisions),
@@ -576,16 +578,44 @@ def _accuracy(
     )
 
 
-def _costs(qmodel: QuantizedModel, found: Mapping[TensorId, Format], input_bits: int) -> dict[str, Costs]:
-    def as_costs(cost: Any) -> Costs:
-        return Costs(dict(cost.memory_bits_by_kind), cost.memory_bits, cost.multiply_cost, cost.bops)
-
+def _costs(
+    qmodel: QuantizedModel,
+    found: Mapping[TensorId, Format],
+    input_bits: int,
+    activation_point: ActivationPoint,
+) -> dict[str, Costs]:
+    """The paper's costs (eq. 7) and memory as the target counts it (weights in flash, the peak of
+    the activation arena in RAM) of the found formats, uniform 8-bit and float32."""
     layers = qmodel.layers
-    return {
-        "quantized": as_costs(network_cost(layers, {t: f.bw for t, f in found.items()}, input_bits)),
-        "uniform8": as_costs(network_cost(layers, uniform_bits(layers, UNIFORM_BW), input_bits)),
-        "float32": as_costs(network_cost(layers, uniform_bits(layers, FLOAT_BITS), FLOAT_BITS)),
+    schedule = activation_schedule(qmodel.float_model, layers, activation_point)
+    found_bits = {t: f.bw for t, f in found.items()}
+    networks = {
+        "quantized": (found_bits, input_bits, buffer_bits(schedule, found_bits, input_bits)),
+        "uniform8": (
+            uniform_bits(layers, UNIFORM_BW),
+            input_bits,
+            uniform_buffer_bits(schedule, UNIFORM_BW),
+        ),
+        "float32": (uniform_bits(layers, FLOAT_BITS), FLOAT_BITS, uniform_buffer_bits(schedule, FLOAT_BITS)),
     }
+    out = {}
+    for name, (bits, in_bits, buffers) in networks.items():
+        cost = network_cost(layers, bits, in_bits)
+        weights = weights_memory(layers, bits)
+        packed = peak_activation_memory(schedule, buffers, "packed")
+        aligned = peak_activation_memory(schedule, buffers, "aligned")
+        out[name] = Costs(
+            {str(kind): bits_ for kind, bits_ in cost.memory_bits_by_kind.items()},
+            cost.memory_bits,
+            cost.multiply_cost,
+            cost.bops,
+            weights.packed_bytes,
+            weights.aligned_bytes,
+            packed.bytes,
+            aligned.bytes,
+            packed.step,
+        )
+    return out
 
 
 def _layer_results(
