@@ -191,3 +191,17 @@ def test_other_modes_and_orders_run(files: dict[str, Path], tmp_path: Path, args
         assert all(t["eps"] == 0.005 for layer in data["layers"] for t in layer["tensors"].values())
     if "--search-fraction" in args:
         assert "held_out" not in data["accuracy"]
+
+
+def test_memory_as_the_target_counts_it_is_in_every_output(finished: Path) -> None:
+    """Weights in flash (packed and as C arrays) and the activation arena's peak, beside eq. 7's sum."""
+    data = json.loads((finished / "formats.json").read_text())
+    for name in ("quantized", "uniform8", "float32"):
+        costs = data["costs"][name]
+        assert costs["weights_bytes"] <= costs["weights_bytes_aligned"]
+        assert costs["peak_activation_bytes"] <= costs["peak_activation_bytes_aligned"]
+        assert costs["peak_step"]
+    # float32 stores every value in 4 bytes: 475 weights and biases of the tiny model.
+    assert data["costs"]["float32"]["weights_bytes"] == 4 * (36 + 4 + 432 + 3)
+    report = (finished / "report.md").read_text()
+    assert "weights memory, packed (bytes)" in report and "peak activation memory, packed" in report
