@@ -30,13 +30,6 @@ NESTED_REASON = (
     "optsearch.model.graph refuses a model used as a layer ('needs a flat model'); loading is fine"
 )
 NESTED = pytest.mark.xfail(raises=ModelError, strict=True, reason=NESTED_REASON)
-# Found with these fixtures; reproduced at HEAD with a model built in Keras 3, so not a loading issue.
-INPUT_FANOUT = pytest.mark.xfail(
-    strict=True,
-    run=False,
-    reason="`run` ends in 'Internal error: could not find node key' when it saves quantized.keras "
-    "of a model whose input feeds two or more layers (Keras 3 models too); skipped: 16 s",
-)
 
 
 def _marked(names: list[str], marks: dict[str, pytest.MarkDecorator]) -> list[Any]:
@@ -97,14 +90,7 @@ def test_loads_and_predicts_what_tf_keras_predicted(name: str) -> None:
     assert path.read_bytes() == before
 
 
-# Reproduced with a Keras 3 model: the clone copies Normalization's adapted mean and variance
-# with set_weights but never calls finalize_state(), so it normalises with mean 0, variance 1.
-ADAPTED_NORMALIZATION = pytest.mark.xfail(
-    strict=True,
-    reason="optsearch.model.graph.QuantizedModel's clone drops an adapted Normalization's statistics "
-    "(set_weights without finalize_state()); its float outputs differ from the model's",
-)
-QUANTIZE_MARKS = {"nested": NESTED, "nested_tail": NESTED, "squeeze_excite": ADAPTED_NORMALIZATION}
+QUANTIZE_MARKS = {"nested": NESTED, "nested_tail": NESTED}
 
 
 @pytest.mark.parametrize("name", _marked(NAMES, QUANTIZE_MARKS))
@@ -118,7 +104,7 @@ def test_optsearch_quantizes_every_weighted_layer(name: str) -> None:
 
 
 NESTED_RUN = pytest.mark.xfail(strict=True, reason=f"{NESTED_REASON}: `run` exits 2 with that line")
-RUN_MARKS = {"nested": NESTED_RUN, "nested_tail": NESTED_RUN, "activations": INPUT_FANOUT}
+RUN_MARKS = {"nested": NESTED_RUN, "nested_tail": NESTED_RUN}
 
 
 @pytest.mark.parametrize("name", _marked(NAMES, RUN_MARKS))

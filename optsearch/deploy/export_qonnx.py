@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from optsearch.core.fixedpoint import Format
-from optsearch.core.netlist import DeployError, FixedArray, Netlist, Node
+from optsearch.core.netlist import OPS, DeployError, FixedArray, Netlist, Node
 
 if TYPE_CHECKING:
     import onnx
@@ -39,28 +39,8 @@ IR_VERSION = 8
 MODEL_FILE = "model.onnx"
 #: Significand bits of float32, the ONNX tensors' type: integer codes up to this many bits are exact.
 FLOAT32_SIGNIFICAND_BITS = 24
-#: The netlist operations the export maps onto ONNX (every other one is refused).
-QONNX_OPS = (
-    "input",
-    "rescale",
-    "resize",
-    "conv",
-    "depthwise",
-    "separable",
-    "dense",
-    "batchnorm",
-    "relu",
-    "quantize",
-    "maxpool",
-    "avgpool",
-    "global_max",
-    "global_avg",
-    "flatten",
-    "identity",
-    "concat",
-    "add",
-    "softmax",
-)
+#: The netlist operations the export maps onto ONNX: all of them (a new one is refused until mapped).
+QONNX_OPS = OPS
 INSTALL_HINT = "pip install 'optsearch[qonnx]'"
 
 CHANNELS_LAST = "last"

@@ -16,6 +16,7 @@ from optsearch.model.graph import (
     ModelGraph,
     activation_name,
     as_functional,
+    set_layer_weights,
 )
 
 #: Layers a per-channel affine map passes through unchanged (identity at inference, or a reshape).
@@ -192,7 +193,9 @@ def fold_batchnorm(model: keras.Model, mode: FoldMode = "exact") -> tuple[keras.
                 weights[target] = _fold_output(layer, weights[target], a, c)
     for name, values in weights.items():
         target = new.get_layer(name)
-        target.set_weights([v.astype(w.dtype) for v, w in zip(values, target.get_weights(), strict=True)])
+        set_layer_weights(
+            target, [v.astype(w.dtype) for v, w in zip(values, target.get_weights(), strict=True)]
+        )
     return new, plans
 
 

@@ -281,6 +281,37 @@ def activation_name(fn: Any) -> str | None:
     return str(name)
 
 
+def set_layer_weights(layer: Any, values: Sequence[Any]) -> None:
+    """``layer.set_weights(values)``, then let the layer rebuild what it derives from its variables.
+
+    An adapted Normalization computes with tensors derived from its mean and variance variables
+    (``finalize_state``); ``set_weights`` alone leaves them at mean 0, variance 1. The variables are
+    passed once more through ``load_own_variables``, the hook Keras' own loading calls, which such
+    layers override to finish their state (and which, unlike ``finalize_state``, never re-adapts).
+    """
+    layer.set_weights(values)
+    store: dict[str, Any] = {}
+    layer.save_own_variables(store)
+    if store:
+        layer.load_own_variables({key: keras.ops.convert_to_numpy(value) for key, value in store.items()})
+
+
+def part_model(inputs: Sequence[Any], outputs: Any, name: str) -> keras.Model:
+    """``keras.Model(inputs, outputs)`` for a part of a model that leaves the model savable.
+
+    When some of ``inputs`` are intermediate tensors, Keras 3 rebuilds the part with new nodes on the
+    shared layers, and the network input among them is re-registered on a new node of its
+    InputLayer: its ``_keras_history`` then names a node the whole model does not hold, and saving it
+    fails ("could not find node key ..._ib-N"). This happens when the input feeds two or more layers
+    and a cut holds it with a branch's tensor; the input tensors get their history back here.
+    """
+    histories = [(tensor, tensor._keras_history) for tensor in inputs]
+    model = keras.Model(list(inputs), outputs, name=name)
+    for tensor, history in histories:
+        tensor._keras_history = history
+    return model
+
+
 def per_sample(shape: Sequence[int | None]) -> int:
     return int(np.prod([d for d in shape[1:] if d is not None]))
 
@@ -359,7 +390,7 @@ class QuantizedModel:
         )
         for layer in functional.layers:
             if layer.weights:
-                self.keras_model.get_layer(layer.name).set_weights(layer.get_weights())
+                set_layer_weights(self.keras_model.get_layer(layer.name), layer.get_weights())
         self._float_weights: dict[TensorId, list[np.ndarray]] = {}
         for q in self.layers:
             target = self.keras_model.get_layer(q.name)
@@ -480,7 +511,7 @@ class QuantizedModel:
         model = self.keras_model
         cut_tensors = self.cut_tensors(tensor)
         prefix = keras.Model(model.inputs[0], cut_tensors, name=f"prefix_{self.cut_node(tensor)}")
-        suffix = keras.Model(cut_tensors, model.outputs[0], name=f"suffix_{self.cut_node(tensor)}")
+        suffix = part_model(cut_tensors, model.outputs[0], name=f"suffix_{self.cut_node(tensor)}")
         return prefix, suffix
 
     def segment(self, start: TensorId, end: TensorId) -> Segment | None:
@@ -511,7 +542,7 @@ class QuantizedModel:
         computed = [t for t in targets if id(t) not in position]
         inputs = sorted(used)
         model = (
-            keras.Model(
+            part_model(
                 [sources[i] for i in inputs],
                 computed,
                 name=f"segment_{self.cut_node(start)}_{self.cut_node(end)}",

@@ -26,7 +26,7 @@ import tensorflow as tf
 from optsearch.core.analytic import GAIN_CONSTANT, NoiseGains, classifier_floors
 from optsearch.core.errors import ModelError
 from optsearch.core.tensors import TensorId
-from optsearch.model.graph import QuantizableLayer, QuantizedModel, activation_name
+from optsearch.model.graph import QuantizableLayer, QuantizedModel, activation_name, set_layer_weights
 from optsearch.model.quantizer_layer import FixedPointQuantizer
 
 #: Samples per vectorised step: memory grows as ``batch_size * (weights + biases)`` floats.
@@ -101,7 +101,7 @@ def _probe(qmodel: QuantizedModel, tensors: Sequence[TensorId]) -> _Probe:
     clone = keras.models.clone_model(source, clone_function=clone_layer)
     for layer in source.layers:
         if layer.weights and not isinstance(layer, FixedPointQuantizer):
-            clone.get_layer(layer.name).set_weights(layer.get_weights())
+            set_layer_weights(clone.get_layer(layer.name), layer.get_weights())
     sources: dict[TensorId, list[Any]] = {}
     for q in qmodel.layers:  # the float values, whatever formats the quantized model holds now
         target = clone.get_layer(q.name)

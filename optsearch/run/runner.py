@@ -399,24 +399,12 @@ def measure(
     steps = _steps(outcome.decisions, search_eval, settings.search.independent)
     uniform8 = uniform_formats(qmodel, UNIFORM_BW, prepared.ranges, settings.search.offset_rule)
     accuracy = {"search": _accuracy(search_eval, found, uniform8)}
-    if prepared.certify_set is not None:
-        certify_eval = KerasEvaluator(
-            qmodel,
-            prepared.certify_set,
-            inputs.preprocess,
-            settings.batch_size,
-            acceptance=settings.search.acceptance,
-        )
-        accuracy["certify"] = _accuracy(certify_eval, found, uniform8)
-    if inputs.held_out is not None:
-        held_eval = KerasEvaluator(
-            qmodel,
-            inputs.held_out,
-            inputs.preprocess,
-            settings.batch_size,
-            acceptance=settings.search.acceptance,
-        )
-        accuracy["held_out"] = _accuracy(held_eval, found, uniform8)
+    for part, data in (("certify", prepared.certify_set), ("held_out", inputs.held_out)):
+        if data is not None:
+            evaluator = KerasEvaluator(
+                qmodel, data, inputs.preprocess, settings.batch_size, acceptance=settings.search.acceptance
+            )
+            accuracy[part] = _accuracy(evaluator, found, uniform8)
     timings["report_evaluation_seconds"] = time.perf_counter() - t0
     qmodel.set_formats(found)
     timings["total_seconds"] = time.perf_counter() - started
