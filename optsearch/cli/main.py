@@ -20,6 +20,7 @@ from optsearch.cli.model_commands import evaluate, inspect
 from optsearch.cli.options import UserError
 from optsearch.cli.run_commands import batch, check, run
 from optsearch.core.errors import OptsearchError
+from optsearch.model.environment import use_tensorflow_backend
 
 
 class _Group(click.Group):
@@ -66,7 +67,10 @@ for command in (inspect, evaluate, run, check, batch, export_command, verify_com
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: Keras' TensorFlow backend, then the command."""
+    note = use_tensorflow_backend()
+    if note is not None:
+        click.echo(note, err=True)
     try:
         cli(prog_name="optsearch")
     except BrokenPipeError:
