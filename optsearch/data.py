@@ -5,6 +5,11 @@ setting (search and report on the whole test set) is the no-split case. Samples 
 dtype (often uint8) and become float32 one batch at a time, so a large set never exists as floats.
 Keras (through ``optsearch.model.keras_io``) is imported only inside the functions that need it, so
 ``import optsearch.data`` stays light.
+
+Data come as an ``.npz`` file, a dataset name, or an image folder in the layout of
+``keras.utils.image_dataset_from_directory`` (one subfolder per class, sorted names = label order).
+An ``.npz`` with only ``x`` or a folder of images without class subfolders is ``Unlabelled``: the
+caller labels it with the float model's own top-1 predictions (``Unlabelled.labelled``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 #: Rows per chunk when scanning samples for NaN/inf (bounds the temporary boolean array).
 _FINITE_CHECK_ROWS = 4096
 
+#: The image files ``keras.utils.image_dataset_from_directory`` reads (Keras' ``ALLOWLIST_FORMATS``).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+#: What a dataset's source says when its labels are the float model's own top-1 predictions.
+MODEL_LABELS = "labels: the float model's own predictions"
+
+#: Names listed in a message before it says how many there are in all.
+_LISTED_NAMES = 5
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -45,6 +59,8 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     source: str
+    class_names: tuple[str, ...] | None = None
+    """The class folders of an image folder, in label order; None when the labels came as numbers."""
 
     def __len__(self) -> int:
         """The number of labelled samples."""
@@ -52,7 +68,71 @@ class Dataset:
 
     def subset(self, indices: np.ndarray, source_suffix: str) -> Dataset:
         """The samples at ``indices`` (in that order); ``source_suffix`` is appended to the description."""
-        return Dataset(x=self.x[indices], y=self.y[indices], source=self.source + source_suffix)
+        return Dataset(
+            x=self.x[indices],
+            y=self.y[indices],
+            source=self.source + source_suffix,
+            class_names=self.class_names,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Unlabelled:
+    """Samples without labels: an ``.npz`` with only ``x``, or a folder of images without class folders.
+
+    They serve as label-free calibration data: the float model's own top-1 predictions become the
+    labels, so the loss is the disagreement with the float model (whose accuracy is 100% by definition).
+    """
+
+    x: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        """The number of samples."""
+        return len(self.x)
+
+    def labelled(self, y: np.ndarray) -> Dataset:
+        """These samples labelled ``y``, the float model's own top-1 predictions; the source says so."""
+        return Dataset(x=self.x, y=to_class_indices(y, self.source), source=f"{self.source} ({MODEL_LABELS})")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How an image folder is read for one model: the size, the colour mode and the sample layout.
+
+    ``size`` is ``(H, W)``, the size every image is resized to (bilinear, as
+    ``image_dataset_from_directory`` does); None keeps each image's own size, which must then be
+    the same for all. ``channel_axis`` False gives ``(H, W)`` grayscale samples for an ``(H, W)``
+    input. ``unsupported`` says why the model cannot take images at all (reported only when a
+    folder is given).
+    """
+
+    size: tuple[int, int] | None = None
+    color_mode: str = "rgb"
+    channel_axis: bool = True
+    unsupported: str | None = None
+
+    @classmethod
+    def for_input_shape(
+        cls, input_shape: tuple[int | None, ...], resize: tuple[int, int] | None = None
+    ) -> ImageOptions:
+        """The options for a model with this input shape (no batch axis): its ``(H, W)`` when fixed,
+        else ``resize``, else each image's own size (a model that resizes itself); grayscale for
+        one channel, rgb for three, rgba for four."""
+        shape = tuple(input_shape)
+        if len(shape) not in (2, 3):
+            return cls(unsupported=f"the model's input {shape} is not an image (H, W, C)")
+        height, width = shape[0], shape[1]
+        size = (height, width) if height is not None and width is not None else resize
+        if len(shape) == 2:
+            return cls(size=size, color_mode="grayscale", channel_axis=False)
+        modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
+        if shape[2] not in modes:
+            return cls(
+                unsupported=f"the model's input {shape} has {shape[2]} channels; images give 1 (grayscale), "
+                "3 (rgb) or 4 (rgba)"
+            )
+        return cls(size=size, color_mode=modes[shape[2]])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,10 +198,18 @@ def load_npz(path: str | Path) -> Dataset:
     """Samples and labels from an ``.npz`` archive with keys ``x``/``y`` or ``x_test``/``y_test``.
 
     ``x``/``y`` win when both pairs exist. Never unpickles: an archive needing pickle is refused.
+    An archive with only ``x`` is refused here (``load_npz_samples`` reads it).
     """
+    return _require_labels(load_npz_samples(path))
+
+
+def load_npz_samples(path: str | Path) -> Dataset | Unlabelled:
+    """As ``load_npz``, but an archive holding only ``x`` gives ``Unlabelled`` samples."""
     path = Path(path)
-    arrays = _read_npz_pair(path, [("x", "y"), ("x_test", "y_test")])
-    return _make_dataset(*arrays, source=str(path))
+    x, y = _read_npz_pair(path, [("x", "y"), ("x_test", "y_test")], x_alone="x")
+    if y is None:
+        return Unlabelled(x=_checked_samples(x, str(path)), source=str(path))
+    return _make_dataset(x, y, source=str(path))
 
 
 def load_named(name: str, split: str = "test", data_dir: str | Path | None = None) -> Dataset:
@@ -136,32 +224,67 @@ def load_named(name: str, split: str = "test", data_dir: str | Path | None = Non
     if folder is not None and (folder / f"{name}.npz").is_file():
         path = folder / f"{name}.npz"
         x, y = _read_npz_pair(path, [(f"x_{split}", f"y_{split}")])
+        assert y is not None  # no x_alone: a pair or a DataError
         return _make_dataset(_add_channel_axis(x), y, source=f"{name} {split} ({path})")
     if name == "svhn":
         return _load_svhn(split, folder)
     return _load_from_keras(name, split, folder)
 
 
-def load_data(spec: str, data_dir: str | Path | None = None) -> Dataset:
-    """A dataset from a spec: a path to an ``.npz`` file, or a name with an optional split (``mnist:train``).
+def load_data(spec: str, data_dir: str | Path | None = None, images: ImageOptions | None = None) -> Dataset:
+    """A dataset from a spec: a path to an ``.npz`` file or an image folder, or a name with an optional
+    split (``mnist:train``). ``images`` says how a folder is read (default: rgb, each image's own size).
 
-    A spec ending in ``.npz`` or holding a path separator is a file; anything else is a dataset name.
+    A spec ending in ``.npz`` or holding a path separator is a path; an existing folder is a folder
+    unless it is spelled as a dataset name; anything else is a dataset name. Data without labels are
+    refused here (``load_samples`` returns them).
     """
+    return _require_labels(load_samples(spec, data_dir, images))
+
+
+def load_samples(
+    spec: str, data_dir: str | Path | None = None, images: ImageOptions | None = None
+) -> Dataset | Unlabelled:
+    """As ``load_data``, but an ``.npz`` with only ``x`` or a folder of images without class
+    subfolders gives ``Unlabelled`` samples, for the caller to label with the float model."""
     spec = spec.strip()
     if not spec:
-        raise DataError(f"empty data spec; give a .npz path or a dataset name ({', '.join(DATASET_NAMES)})")
+        raise DataError(
+            "empty data spec; give a .npz path, an image folder or a dataset name "
+            f"({', '.join(DATASET_NAMES)})"
+        )
+    if _is_folder(spec):
+        return load_image_folder(spec, images or ImageOptions())
     if _looks_like_path(spec):
-        return load_npz(spec)
+        return load_npz_samples(spec)
     name, sep, split = spec.partition(":")
     if sep and not split:
         raise DataError(f"data spec {spec!r} has an empty split; use {name}:test or {name}:train")
     return load_named(name, split or "test", data_dir=data_dir)
 
 
+def _require_labels(loaded: Dataset | Unlabelled) -> Dataset:
+    """``loaded`` when it has labels; Unlabelled samples are refused, saying who can label them."""
+    if isinstance(loaded, Dataset):
+        return loaded
+    raise DataError(
+        f"{loaded.source} has no labels (only x, or images without class subfolders); optsearch run, check "
+        "and evaluate label such data with the float model's own predictions, here give labels"
+    )
+
+
 def _looks_like_path(spec: str) -> bool:
     """True when the data spec names a file rather than a dataset."""
     separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
     return spec.lower().endswith(".npz") or any(s in spec for s in separators)
+
+
+def _is_folder(spec: str) -> bool:
+    """True when the data spec is an existing folder (a bare dataset name stays a name)."""
+    if not Path(spec).is_dir():
+        return False
+    bare_name = spec.partition(":")[0].strip().lower().replace("-", "_")
+    return _looks_like_path(spec) or bare_name not in DATASET_NAMES
 
 
 def _dataset_name(name: str) -> str:
@@ -191,8 +314,13 @@ def _data_dir(data_dir: str | Path | None) -> Path | None:
     return Path(from_env) if from_env else None
 
 
-def _read_npz_pair(path: Path, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``(x_key, y_key)`` pair of ``pairs`` found in the archive, read without pickle."""
+def _read_npz_pair(
+    path: Path, pairs: list[tuple[str, str]], x_alone: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``(x_key, y_key)`` pair of ``pairs`` found in the archive, read without pickle.
+
+    With ``x_alone``, an archive holding that one array and nothing else gives ``(x, None)``.
+    """
     if not path.exists():
         raise DataError(f"data file not found: {path}; check the path (or the folder set by {DATA_DIR_ENV})")
     if not path.is_file():
@@ -210,6 +338,11 @@ def _read_npz_pair(path: Path, pairs: list[tuple[str, str]]) -> tuple[np.ndarray
                     if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
                         raise ValueError(f"members {x_key}/{y_key} are not .npy arrays")
                     return x, y
+            if x_alone is not None and found == [x_alone]:
+                x = archive[x_alone]
+                if not isinstance(x, np.ndarray):
+                    raise ValueError(f"member {x_alone} is not an .npy array")
+                return x, None
     except ValueError as exc:  # object arrays (need pickle) or members that are not .npy arrays
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "pickle" in reason.lower():
@@ -225,17 +358,25 @@ def _read_npz_pair(path: Path, pairs: list[tuple[str, str]]) -> tuple[np.ndarray
             f"{path} could not be read as an .npz archive ({exc}); re-save it with numpy.savez"
         ) from exc
     expected = " or ".join(f"{x_key}/{y_key}" for x_key, y_key in pairs)
-    raise DataError(f"{path} has arrays {found or 'none'} but needs {expected}; re-save it with those names")
+    alone = f" (or {x_alone} alone, labelled by the float model)" if x_alone is not None else ""
+    raise DataError(
+        f"{path} has arrays {found or 'none'} but needs {expected}{alone}; re-save it with those names"
+    )
 
 
 def _make_dataset(x: np.ndarray, y: np.ndarray, source: str) -> Dataset:
     """A Dataset after checking that samples are numeric arrays with a sample axis; labels become int64."""
+    return Dataset(x=_checked_samples(x, source), y=to_class_indices(y, source), source=source)
+
+
+def _checked_samples(x: np.ndarray, source: str) -> np.ndarray:
+    """The samples, checked to be a numeric array with a sample axis."""
     x = np.asarray(x)
     if x.ndim < 1:
         raise DataError(f"{source}: samples are a scalar; expected an array with one row per sample")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: samples have dtype {x.dtype}; expected numbers (e.g. uint8 pixels)")
-    return Dataset(x=x, y=to_class_indices(y, source), source=source)
+    return x
 
 
 def _add_channel_axis(x: np.ndarray) -> np.ndarray:
@@ -308,6 +449,150 @@ def _svhn_arrays(mat: Mapping[str, Any], path: Path) -> tuple[np.ndarray, np.nda
         )
     x = np.ascontiguousarray(np.transpose(x_hwcn, (3, 0, 1, 2)))
     return x, np.where(y == 10, 0, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image folders
+
+
+def load_image_folder(folder: str | Path, images: ImageOptions | None = None) -> Dataset | Unlabelled:
+    """The images of ``folder`` in the layout of ``keras.utils.image_dataset_from_directory``.
+
+    One subfolder per class: the sorted subfolder names are the classes, in Keras' label order, and
+    each class's images are read from its subfolder and below, in Keras' order. A folder of images
+    without subfolders gives ``Unlabelled`` samples. Images are decoded and resized by Keras itself
+    (``images`` gives the size and colour mode); they stay uint8 unless a resize made fractions.
+    Refused, naming the file or folder: an empty folder, a file that is not an image, a class
+    folder without images, class subfolders beside loose files, an image that cannot be decoded.
+    """
+    folder = Path(folder)
+    images = images or ImageOptions()
+    class_names, files = _folder_layout(folder)
+    if images.unsupported is not None:
+        raise DataError(f"{folder}: {images.unsupported}; give its data as an .npz file instead of images")
+    size = images.size or _common_size(folder, files)
+    from optsearch.model.keras_io import read_image_folder  # imported here: Keras is heavy
+
+    read = read_image_folder(
+        folder, labelled=class_names is not None, color_mode=images.color_mode, size=size
+    )
+    if [os.path.normpath(p) for p in read.paths] != [os.path.normpath(p) for p in files] or (
+        class_names is not None and tuple(read.class_names or ()) != class_names
+    ):
+        raise DataError(f"{folder}: the folder changed while it was read; read it again when it is complete")
+    x = read.x if images.channel_axis else read.x[..., 0]
+    described = f"image folder: {len(files)} images at {size[0]}x{size[1]} {images.color_mode}"
+    if class_names is None or read.y is None:
+        return Unlabelled(x=x, source=f"{folder} ({described}, no class subfolders)")
+    return Dataset(
+        x=x,
+        y=read.y.astype(np.int64),
+        source=f"{folder} ({described}, {len(class_names)} classes)",
+        class_names=class_names,
+    )
+
+
+def _folder_layout(folder: Path) -> tuple[tuple[str, ...] | None, list[str]]:
+    """The class names (None without class subfolders) and the image files, in Keras' order.
+
+    Keras' rules (``keras.utils.image_dataset_from_directory``, ``shuffle=False``): classes are the
+    sorted subfolders not starting with ``.``; a class's images are the files with an image
+    extension anywhere below its folder, walked in sorted order; without classes, the whole folder.
+    Hidden files (``.DS_Store``) are ignored; any other file that is not an image is refused.
+    """
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}; check the path")
+    visible = [name for name in _listdir(folder) if not name.startswith(".")]
+    if not visible:
+        raise DataError(
+            f"{folder}: the folder is empty; put one subfolder of images per class in it (the layout of "
+            f"keras.utils.image_dataset_from_directory), or only images for label-free calibration"
+        )
+    subfolders = [name for name in visible if (folder / name).is_dir()]
+    loose = [name for name in visible if not (folder / name).is_dir()]
+    if subfolders and loose:
+        raise DataError(
+            f"{folder}: holds class subfolders ({_listing(subfolders)}) and loose files ({_listing(loose)}) "
+            "side by side; put every image in its class's subfolder, or only images (no subfolders) "
+            "for label-free calibration"
+        )
+    if not subfolders:
+        return None, _images_under(folder)
+    files: list[str] = []
+    for name in subfolders:
+        found = _images_under(folder / name)
+        if not found:
+            raise DataError(
+                f"{folder / name}: class folder {name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                "every class needs at least one (the sorted folder names are the label order)"
+            )
+        files += found
+    return tuple(subfolders), files
+
+
+def _listdir(folder: Path) -> list[str]:
+    """The sorted names in ``folder``; an unreadable folder is a DataError naming it."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as exc:
+        raise DataError(f"{folder}: the folder cannot be read ({exc.strerror or exc})") from exc
+
+
+def _images_under(folder: Path) -> list[str]:
+    """The image files under ``folder`` in Keras' order (walk sorted by folder, files sorted); a visible
+    file that is not an image, outside hidden folders, is a DataError naming it."""
+
+    def refuse(exc: OSError) -> None:
+        raise DataError(f"{exc.filename}: the folder cannot be read ({exc.strerror or exc})") from exc
+
+    found: list[str] = []
+    for root, _, names in sorted(os.walk(folder, onerror=refuse), key=lambda walked: walked[0]):
+        hidden_root = any(part.startswith(".") for part in Path(root).relative_to(folder).parts)
+        for name in sorted(names):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.join(root, name))
+            elif not name.startswith(".") and not hidden_root:
+                raise DataError(
+                    f"{os.path.join(root, name)}: not an image file (Keras reads "
+                    f"{', '.join(IMAGE_EXTENSIONS)}); remove it or move it out of the data folder"
+                )
+    return found
+
+
+def _common_size(folder: Path, files: list[str]) -> tuple[int, int]:
+    """The one ``(H, W)`` of all the images, for a model that takes any size; DataError if they differ."""
+    sizes: dict[tuple[int, int], str] = {}
+    for path in files:
+        sizes.setdefault(_image_size(path), path)
+        if len(sizes) > 1:
+            (first, a), (second, b) = sizes.items()
+            raise DataError(
+                f"{folder}: images of different sizes ({a} is {first[0]}x{first[1]}, {b} is "
+                f"{second[0]}x{second[1]}) and the model takes any size; give --resize H W"
+            )
+    return next(iter(sizes))
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """``(H, W)`` of an image file, from its header; an unreadable file is a DataError naming it."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DataError(
+            f"reading the size of {path} needs Pillow; install it with: pip install pillow"
+        ) from exc
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from exc
+    return int(height), int(width)
+
+
+def _listing(names: list[str]) -> str:
+    """Up to a few names, then how many there are in all."""
+    shown = ", ".join(names[:_LISTED_NAMES])
+    return shown if len(names) <= _LISTED_NAMES else f"{shown}, ... ({len(names)} in all)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,10 +687,22 @@ def validate(
         raise DataError(
             f"{ds.source}: {len(ds.x)} samples but {len(ds.y)} labels; give exactly one label per sample"
         )
+    _check_class_names(ds, num_classes)
     _check_labels(ds, num_classes)
     _check_shape(ds, input_shape, preprocess)
     _check_finite(ds)
     _check_scaled_range(ds, preprocess)
+
+
+def _check_class_names(ds: Dataset, num_classes: int) -> None:
+    """An image folder must have one class folder per output of the model (else its labels mean nothing)."""
+    if ds.class_names is None or len(ds.class_names) == num_classes:
+        return
+    raise DataError(
+        f"{ds.source}: {len(ds.class_names)} class folders ({_listing(list(ds.class_names))}) but the model "
+        f"has {num_classes} outputs; give one subfolder per class of the model (sorted names in its label "
+        "order)"
+    )
 
 
 def _check_labels(ds: Dataset, num_classes: int) -> None:

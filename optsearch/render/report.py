@@ -316,6 +316,8 @@ def summary_lines(result: RunResult) -> list[str]:
     vs8, vs32 = result.savings("uniform8"), result.savings("float32")
     conf = result.settings.search.confidence
     lines = []
+    if result.data.labels_from_model:
+        lines.append("labels: the float model's own predictions (accuracy = agreement with the float model)")
     for part, acc in result.accuracy.items():
         interval = acc.loss_interval(conf)
         within = "" if interval is None else f", {conf:.0%} CI {_interval(interval)}"

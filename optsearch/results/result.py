@@ -238,6 +238,11 @@ class DataInfo:
     search_samples: int
     held_out_samples: int
 
+    @property
+    def labels_from_model(self) -> bool:
+        """True when the data had no labels and the float model's own top-1 predictions stood in."""
+        return "(labels: the float model's own predictions)" in self.source
+
 
 #: The optional parts of ``ModelInfo``, written only when present (as 0.1.0 did).
 _OPTIONAL_MODEL = ("batchnorm_folds", "float_accuracy_before_folding", "float_inputs")

@@ -19,7 +19,15 @@ import optsearch.model.quantizer_layer  # noqa: F401  (registers FixedPointQuant
 from optsearch.core.fixedpoint import Format
 from optsearch.core.netlist import DeployError, Netlist, real_inputs
 from optsearch.core.tensors import TensorId
-from optsearch.data import Dataset, Preprocess, fit_channel_axis, load_data, split
+from optsearch.data import (
+    Dataset,
+    ImageOptions,
+    Preprocess,
+    Unlabelled,
+    fit_channel_axis,
+    load_samples,
+    split,
+)
 from optsearch.deploy import integer_ref
 from optsearch.deploy.integer_ref import Agreement
 from optsearch.model.netlist import predict_batches, probe, read_netlist
@@ -88,20 +96,30 @@ def verify_result(
     spec = data_spec or info.get("spec")
     if not spec:
         raise DeployError(f"{result.path}/formats.json names no data; pass --data")
-    try:
-        dataset = load_data(spec)
-    except FileNotFoundError as err:
-        raise DeployError(f"data {spec!r} of the run not found ({err}); pass --data") from err
     resize = tuple(info["resize"]) if info.get("resize") and data_spec is None else None
     scale = info.get("scale") if data_spec is None else None
+    input_shape = tuple(result.model.inputs[0].shape[1:])
+    try:
+        loaded = load_samples(spec, images=ImageOptions.for_input_shape(input_shape, resize))
+    except FileNotFoundError as err:
+        raise DeployError(f"data {spec!r} of the run not found ({err}); pass --data") from err
     preprocess = fit_channel_axis(
         Preprocess(scale=scale, resize=resize),
-        tuple(dataset.x.shape[1:]),
-        tuple(result.model.inputs[0].shape[1:]),
+        tuple(loaded.x.shape[1:]),
+        input_shape,
     )
-    dataset = data_part(dataset, part, info, result.path)
-    x = preprocess(dataset.x[:samples] if samples else dataset.x)
-    agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
+    if isinstance(loaded, Unlabelled):  # label-free: compare the two networks, no accuracy
+        if part != "all":
+            raise DeployError(
+                f"{spec} has no labels (the run labelled it with the float model's predictions), so its "
+                f"{part} part cannot be redone here; leave out --part to verify on all of it"
+            )
+        x = preprocess(loaded.x[:samples] if samples else loaded.x)
+        agreement = verify(result, x, batch_size)
+    else:
+        dataset = data_part(loaded, part, info, result.path)
+        x = preprocess(dataset.x[:samples] if samples else dataset.x)
+        agreement = verify(result, x, batch_size, labels=dataset.y[: len(x)])
     causes = Counter(node.source for node in real_inputs(result.netlist).values())
     return Verification(
         agreement, len(x), spec, part, len(list(result.netlist.weighted())), dict(causes.most_common())

@@ -93,7 +93,14 @@ def evaluate_formats(
     """Accuracy of ``model`` in float and with the formats, on the search and held-out parts, and
     the costs against 8-bit and float32. Also returns the inputs (the quantized model is set to the
     formats), for saving the quantized model."""
-    inputs = prepare(model, data, unsafe_load=unsafe_load, activation_point=activation_point, dataset=dataset)
+    inputs = prepare(
+        model,
+        data,
+        unsafe_load=unsafe_load,
+        activation_point=activation_point,
+        dataset=dataset,
+        batch_size=batch_size,
+    )
     if formats_file is not None:
         formats = checked_formats(
             ResultFolder.at(formats_file).read_formats(), set(inputs.qmodel.tensors), str(formats_file)

@@ -179,6 +179,7 @@ def prepare_run(settings: RunSettings, echo: Echo, dataset: Dataset | None = Non
         activation_point=settings.activation_point,
         fold_bn=settings.fold_bn,
         dataset=dataset,
+        batch_size=settings.batch_size,
     )
     qmodel = inputs.qmodel
     selection, certify_set = inputs.search, None
