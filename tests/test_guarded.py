@@ -168,3 +168,17 @@ def test_a_certification_set_too_small_to_certify_is_refused(
     result = _run(*args)
     assert result.exit_code == 2 and "--certify-fraction 0.2 leaves 240 samples" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_a_lossless_candidate_always_meets_a_floored_budget(confidence: float) -> None:
+    """The floor is computed as the evaluator computes a lossless candidate's bound, to the last bit
+    (a closed form was one ulp above it at 99%, and the first tensor then failed at every BW)."""
+    from optsearch.core.confidence import AcceptanceTest
+    from optsearch.methods.opt_search import SearchSettings
+    from optsearch.run.runner import budget_floor
+
+    for samples, correct in ((1001, 1000), (5000, 4984), (4999, 3851)):
+        search = SearchSettings(eps=0.01, criterion="guarded", confidence=confidence)
+        floor = budget_floor(search, samples, correct / samples)
+        assert AcceptanceTest("guarded", confidence).accepts(0, 0, correct, samples, floor)

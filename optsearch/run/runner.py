@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
-from optsearch.core.confidence import certifiable_loss, samples_needed
+from optsearch.core.confidence import certifiable_loss, loss_upper_bound, samples_needed
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
 from optsearch.core.files import sha256
@@ -235,7 +235,9 @@ def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float
     Refuses a guarded search that can certify nothing within eps (an ``OptsearchError`` naming the
     samples it needs), and warns when a paper-criterion search could not be certified.
     """
-    certifiable = certifiable_loss(samples, accuracy, search.confidence)
+    # What a candidate that flips nothing gets, computed as the evaluator computes it (a closed
+    # form could differ in the last bit, and a lossless candidate would then miss its floor).
+    certifiable = loss_upper_bound(0, 0, round(samples * accuracy), samples, search.confidence)
     if certifiable <= search.eps:
         return certifiable if search.criterion == "guarded" else 0.0
     needed = samples_needed(search.eps, accuracy, search.confidence)
