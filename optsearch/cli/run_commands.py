@@ -18,7 +18,7 @@ from optsearch.cli.options import (
     explicit_settings,
     schema_options,
 )
-from optsearch.config.schema import CHECK_SETTINGS, CHECKS, RUN_SETTINGS
+from optsearch.config.schema import BATCH_SETTINGS, CHECK_SETTINGS, CHECKS, RUN_SETTINGS
 from optsearch.model.environment import quiet_tensorflow
 
 
@@ -225,8 +225,10 @@ def check(
     type=click.IntRange(1),
     default=1,
     show_default=True,
-    help="Run this many jobs at a time, each in its own process (its output goes to OUT/JOB.log).",
+    help="Run this many jobs at a time, each in its own process (its output goes to OUT/JOB.log); with "
+    "--executor dask and no --scheduler, the local cluster's number of workers.",
 )
+@schema_options(BATCH_SETTINGS, optional=True)
 @click.option(
     "--out",
     "out_dir",
@@ -274,6 +276,8 @@ def batch(
     force: bool,
     dry_run: bool,
     junit: Path | None,
+    executor: str,
+    scheduler: str | None,
 ) -> None:
     """Run every job of the YAML batch file CONFIG, each into its own folder, and summarise them.
 
@@ -285,20 +289,31 @@ def batch(
 
     \b
     Exit codes: 0 every job finished (and passed its check), 1 a job failed or a check found a
-    regression, 2 the file is invalid (nothing runs), 130 interrupted.
-    Example:
+    regression, 2 the file is invalid or the Dask workers cannot read its files (nothing runs),
+    130 interrupted.
+    Examples:
       optsearch batch configs/eps_sweep.yaml --jobs 2
+      optsearch batch configs/zoo.yaml --executor dask --scheduler tcp://head-node:8786
     """
     from optsearch.config.schema import load_batch, parse_overrides
     from optsearch.run.batch import decide, plan, run_batch, select, write_junit, write_summary
 
     config = load_batch(config_file, parse_overrides(overrides))
+    given = explicit_settings(ctx, BATCH_SETTINGS)
+    executor = executor if "executor" in given else config.executor
+    if "scheduler" in given and executor != "dask":
+        raise click.UsageError("--scheduler is the address of a Dask scheduler; add --executor dask", ctx)
+    scheduler = scheduler if "scheduler" in given else config.scheduler if executor == "dask" else None
+    if executor == "dask" and not dry_run:
+        from optsearch.run.executors import require_dask
+
+        require_dask()  # before anything is written: one line saying what to install
     root = out_dir or (Path(config.out) if config.out else Path("runs") / config_file.stem)
     jobs = plan(config, root)
     names = [job.name for job in jobs]
     if only and not any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in only):
         raise click.UsageError(f"--only {' '.join(only)} matches no job; the jobs: {', '.join(names)}", ctx)
-    if any(job.folder.exists() for job in jobs) or (workers == 1 and not dry_run):
+    if any(job.folder.exists() for job in jobs) or (workers == 1 and executor == "local" and not dry_run):
         quiet_tensorflow()  # comparing a finished job's settings, or running here, imports it
     planned = select([decide(job, force) for job in jobs], only)
     if dry_run:
@@ -317,7 +332,13 @@ def batch(
     click.echo(f"{config_file}: {len(jobs)} job{'s' if len(jobs) != 1 else ''} into {root}/")
     with _sigterm_interrupts():
         outcomes = run_batch(
-            planned, workers, echo=click.echo, on_change=keep_summary, log_dir=root if workers > 1 else None
+            planned,
+            workers,
+            echo=click.echo,
+            on_change=keep_summary,
+            log_dir=root if workers > 1 or executor != "local" else None,
+            executor=executor,
+            scheduler=scheduler,
         )
     written = write_summary(root, title, str(config_file), outcomes, plot=True)
     if junit is not None:

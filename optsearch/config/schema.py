@@ -858,14 +858,42 @@ class JobConfig:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """A batch file: where its results go and every job, expanded and checked."""
+    """A batch file: where its results go, where its jobs run, and every job, expanded and checked."""
 
     file: str
     out: str | None
     jobs: tuple[JobConfig, ...]
+    executor: str = "local"
+    scheduler: str | None = None
 
 
-BATCH_KEYS = ("out", "defaults", "check", "jobs")
+#: Where a batch's jobs run: a pool of local processes, or the workers of a Dask cluster.
+EXECUTORS = ("local", "dask")
+#: The top-level fields of a batch file that say where its jobs run, and options of ``optsearch batch``.
+BATCH_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "executor",
+        Value("choice", choices=EXECUTORS),
+        "local",
+        "Where the jobs run: local = here, --jobs N at a time in spawned processes; dask = on the "
+        "workers of a Dask cluster (--scheduler; without it a local cluster of --jobs processes), "
+        "which need optsearch installed and the files on a shared filesystem (pip install "
+        "'optsearch[dask]').",
+        "dask",
+    ),
+    Setting(
+        "scheduler",
+        Value("str"),
+        None,
+        "Address of the Dask scheduler to run the jobs on, e.g. tcp://head-node:8786 (with --executor "
+        "dask). Default: a Dask LocalCluster on 127.0.0.1.",
+        "tcp://head-node:8786",
+        metavar="ADDRESS",
+    ),
+)
+BATCH_RUNNERS: dict[str, Setting] = {s.name: s for s in BATCH_SETTINGS}
+
+BATCH_KEYS = ("out", "executor", "scheduler", "defaults", "check", "jobs")
 JOB_KEYS = ("name", "check")
 
 
@@ -896,7 +924,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
 def check_batch_document(doc: Document, overrides: Mapping[str, object] | None = None) -> BatchConfig:
     """The jobs of a batch file from a parsed YAML document; every problem is found before anything runs."""
     checker = _Checker(doc)
-    data = checker.mapping(doc.data, (), "batch settings (out, defaults, check, jobs)")
+    data = checker.mapping(doc.data, (), f"batch settings ({', '.join(BATCH_KEYS)})")
     checker.raise_if_any()
     assert data is not None
     if "jobs" not in data and any(key in SETTINGS for key in data):
@@ -915,6 +943,12 @@ def check_batch_document(doc: Document, overrides: Mapping[str, object] | None =
     out = data.get("out")
     if out is not None:
         out = checker.value(SETTINGS["out"], out, ("out",))[1]
+    runners = {
+        name: checker.value(setting, data.get(name, setting.default), (name,))[1]
+        for name, setting in BATCH_RUNNERS.items()
+    }
+    if runners["scheduler"] is not None and runners["executor"] == "local":
+        checker.add(("scheduler",), "is the address of a Dask scheduler; add executor: dask")
     defaults_raw = data.get("defaults")
     defaults = (
         {} if defaults_raw is None else checker.mapping(defaults_raw, ("defaults",), "run settings") or {}
@@ -955,7 +989,7 @@ def check_batch_document(doc: Document, overrides: Mapping[str, object] | None =
             checker.add(("jobs",), f"expand to more than {MAX_JOBS} jobs; make the grids smaller")
             break
     checker.raise_if_any()
-    return BatchConfig(doc.file, out, tuple(jobs))
+    return BatchConfig(doc.file, out, tuple(jobs), runners["executor"], runners["scheduler"])
 
 
 def _expand_job(

@@ -2,22 +2,22 @@
 
 A job whose folder already holds a result with the same settings is skipped, so a rerun of an
 interrupted batch finishes only what is missing. A failing job is reported and the others go on.
-Every job runs through ``optsearch.run.runner.run`` (here, or in ``--jobs N`` spawned processes), which
-writes its folder atomically: no half-written job folder is ever left behind.
+Every job runs through ``optsearch.run.runner.run`` (here, in ``--jobs N`` spawned processes, or on the
+workers of a Dask cluster: ``run.executors``), which writes its folder atomically: no half-written job
+folder is ever left behind, even when a worker dies mid-job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import multiprocessing
 import os
 import re
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ from optsearch.results.gate import (
 )
 from optsearch.results.gate import check as gate_check
 from optsearch.results.result import RunResult
+from optsearch.run.executors import JobPool, open_pool
 from optsearch.run.outdir import partial_dir
 from optsearch.settings import RunSettings
 
@@ -340,13 +341,39 @@ def run_batch(
     echo: Echo = print,
     on_change: Callable[[list[Outcome]], None] | None = None,
     log_dir: Path | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
 ) -> list[Outcome]:
     """Run the jobs that need it, in order or ``workers`` at a time; one failing does not stop the rest.
 
-    ``on_change`` gets every job's outcome so far after each change (to keep the summary current).
-    Ctrl-C stops the batch: jobs not finished are ``not run``, ``on_change`` sees that, and the
-    KeyboardInterrupt goes on to the caller. A rerun picks up where this one stopped.
+    ``executor``: ``local`` runs them here (``workers`` 1) or in ``workers`` spawned processes;
+    ``dask`` on the Dask cluster at ``scheduler``, else on a ``LocalCluster`` of ``workers``
+    processes. Before anything runs, a Dask cluster's workers must reach every model and data file
+    (an ``OptsearchError`` otherwise). ``on_change`` gets every job's outcome so far after each change
+    (to keep the summary current). Ctrl-C stops the batch: jobs not finished are ``not run``,
+    ``on_change`` sees that, and the KeyboardInterrupt goes on to the caller. A rerun picks up where
+    this one stopped.
     """
+    todo = [p for p in planned if p.action in ("run", "replace")]
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if todo and (executor != "local" or (workers > 1 and len(todo) > 1)):
+            pool = stack.enter_context(open_pool(executor, workers, scheduler, echo))
+            pool.check_access(*_job_files(todo))
+            if executor != "local":
+                echo(f"running on the {pool.where}")
+        return _run_jobs(planned, todo, pool, echo, on_change, log_dir)
+
+
+def _run_jobs(
+    planned: Sequence[Planned],
+    todo: Sequence[Planned],
+    pool: JobPool | None,
+    echo: Echo,
+    on_change: Callable[[list[Outcome]], None] | None,
+    log_dir: Path | None,
+) -> list[Outcome]:
+    """The outcome of every job: the planned ones at once, ``todo`` here in order or on ``pool``."""
     outcomes: dict[int, Outcome] = {}
     for p in planned:
         if p.action == "skip":
@@ -359,7 +386,6 @@ def run_batch(
             outcomes[p.job.number] = Outcome(p.job, "not selected", p.reason, None, result)
         else:
             outcomes[p.job.number] = Outcome(p.job, "not run", "waiting")
-    todo = [p for p in planned if p.action in ("run", "replace")]
     total = len(planned)
 
     def update(outcome: Outcome) -> None:
@@ -374,7 +400,7 @@ def run_batch(
         if p.action in ("skip", "blocked"):
             echo(_outcome_line(outcomes[p.job.number], total))
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if pool is None:
             for p in todo:
                 echo(f"[{p.job.number}/{total}] {p.job.name}: running -> {p.job.folder}")
                 log = None if log_dir is None else str(log_dir / f"{p.job.name}.log")
@@ -383,7 +409,7 @@ def run_batch(
                 )
                 update(finish(p.job, status, message, seconds))  # type: ignore[arg-type]
         else:
-            _run_parallel(todo, workers, total, echo, update, log_dir)
+            _run_parallel(todo, pool, total, echo, update, log_dir)
     except KeyboardInterrupt:
         for number, outcome in outcomes.items():
             if outcome.status == "not run" and outcome.message == "waiting":
@@ -394,40 +420,56 @@ def run_batch(
     return _ordered(outcomes)
 
 
+def _job_files(todo: Sequence[Planned]) -> tuple[list[Path], list[Path]]:
+    """The files the jobs read (models, data files) and the folders their results go into."""
+    read: dict[Path, None] = {}
+    write: dict[Path, None] = {}
+    for p in todo:
+        read[Path(p.job.values["model"])] = None
+        data = str(p.job.values["data"]).strip()
+        if _is_data_file(data):
+            read[Path(data)] = None
+        write[p.job.folder.parent] = None
+    return list(read), list(write)
+
+
+def _is_data_file(spec: str) -> bool:
+    """True when a data spec names a file rather than a dataset (``data.load_data``'s rule)."""
+    return spec.lower().endswith(".npz") or any(s and s in spec for s in ("/", os.sep, os.altsep))
+
+
 def _run_parallel(
     todo: Sequence[Planned],
-    workers: int,
+    pool: JobPool,
     total: int,
     echo: Echo,
     update: Callable[[Outcome], None],
     log_dir: Path | None,
 ) -> None:
-    """The jobs in ``workers`` spawned processes (not forked: TensorFlow does not survive a fork)."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures: dict[Future[tuple[str, str, float]], Planned] = {}
-        for p in todo:
-            log_folder = log_dir or p.job.folder.parent
-            log_folder.mkdir(parents=True, exist_ok=True)
-            log = log_folder / f"{p.job.name}.log"
-            log.write_text("")
-            futures[pool.submit(execute, p.job, p.action == "replace", str(log))] = p
-            echo(f"[{p.job.number}/{total}] {p.job.name}: queued -> {p.job.folder} (log {log})")
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    p = futures[future]
-                    try:
-                        status, message, seconds = future.result()
-                    except Exception as err:  # the worker process died (killed, out of memory)
-                        status, message, seconds = "failed", f"worker process failed: {err!r}", 0.0
-                    update(finish(p.job, status, message, seconds))  # type: ignore[arg-type]
-        except KeyboardInterrupt:
-            for future in pending:
-                future.cancel()
-            raise
+    """The jobs on ``pool``, each job's output in its own log; an outcome as each one finishes."""
+    futures: dict[Future[tuple[str, str, float]], Planned] = {}
+    for p in todo:
+        log_folder = log_dir or p.job.folder.parent
+        log_folder.mkdir(parents=True, exist_ok=True)
+        log = log_folder / f"{p.job.name}.log"
+        log.write_text("")
+        futures[pool.submit(execute, p.job, p.action == "replace", str(log))] = p
+        echo(f"[{p.job.number}/{total}] {p.job.name}: queued -> {p.job.folder} (log {log})")
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                p = futures[future]
+                try:
+                    status, message, seconds = future.result()
+                except Exception as err:  # the worker died (killed, out of memory, lost)
+                    status, message, seconds = "failed", pool.failure(err), 0.0
+                update(finish(p.job, status, message, seconds))  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        for future in pending:
+            future.cancel()
+        raise
 
 
 def finish(
