@@ -83,6 +83,7 @@ class RunSettings:
             "criterion": s.criterion,
             "confidence": s.confidence,
             "certify_fraction": s.certify_fraction,
+            "method": s.method,
             "activation_point": self.activation_point,
             "fold_bn": self.fold_bn,
             "input_bits": self.input_bits,
@@ -119,6 +120,7 @@ class RunSettings:
             criterion=settings.get("criterion", "paper"),
             confidence=settings.get("confidence", defaults.confidence),
             certify_fraction=settings.get("certify_fraction", 0.0),
+            method=settings.get("method", "paper"),  # files before issue 23 searched
         )
         resize = data.get("resize")
         return cls(

@@ -27,7 +27,13 @@ from optsearch.core.allocation import (
 from optsearch.core.confidence import CRITERIA, DEFAULT_CONFIDENCE, DEFAULT_CRITERION
 from optsearch.core.fixedpoint import OFFSET_RULES
 from optsearch.core.tensors import ACTIVATION_POINTS, FOLD_MODES, TENSOR_KINDS, TensorKind
-from optsearch.methods.opt_search import DEPENDENT_BW0, INDEPENDENT_BW0, LAYER_ORDERS, SearchSettings
+from optsearch.methods.opt_search import (
+    DEPENDENT_BW0,
+    INDEPENDENT_BW0,
+    LAYER_ORDERS,
+    METHODS,
+    SearchSettings,
+)
 from optsearch.settings import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB, DataSettings, RunSettings
 
 ValueKind = Literal["int", "float", "bool", "str", "path", "choice", "order"]
@@ -428,6 +434,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "0.3",
     ),
     Setting(
+        "method",
+        Value("choice", choices=METHODS),
+        "paper",
+        "How the formats are chosen. paper: the search (Alg. 2). analytic: no search; Sakr & "
+        "Shanbhag's noise-gain-equalised precisions (docs/algorithm.md), the smallest whose predicted "
+        "mismatch probability bound fits eps read as a mismatch-probability budget eps*a (a: the float "
+        "accuracy); the network is evaluated once. Not with --certify-fraction.",
+        "analytic",
+    ),
+    Setting(
         "input_bits",
         Value("int", 1, 32),
         8,
@@ -617,6 +633,7 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         criterion=values["criterion"],
         confidence=values["confidence"],
         certify_fraction=values["certify_fraction"],
+        method=values["method"],
     )
 
 

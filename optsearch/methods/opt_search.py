@@ -19,6 +19,8 @@ from optsearch.methods.evaluator import Evaluation, Evaluator, eval_acc_loss
 
 LayerOrder = Literal["forward", "reverse"]
 LAYER_ORDERS: tuple[LayerOrder, ...] = ("forward", "reverse")
+Method = Literal["paper", "analytic"]
+METHODS: tuple[Method, ...] = ("paper", "analytic")
 Phase = Literal["start", "diagonal", "reduction", "local"]
 
 DEPENDENT_BW0: dict[TensorKind, int] = {"W": 12, "B": 8, "A": 12}
@@ -52,6 +54,9 @@ class SearchSettings:
     certify_fraction: float = 0.0
     """Share of the search data kept away from every decision, to certify the final network on
     (``methods.certify``); 0 = off."""
+    method: Method = "paper"
+    """``paper``: search (Alg. 2). ``analytic``: no search, noise-gain-equalised precisions whose
+    predicted mismatch bound fits ``eps * a`` (``core.analytic``, issue 23)."""
 
     @property
     def acceptance(self) -> AcceptanceTest:
@@ -74,6 +79,13 @@ class SearchSettings:
         self.acceptance  # noqa: B018  (checks criterion and confidence)
         if not 0.0 <= self.certify_fraction < 1.0:
             raise ValueError(f"certify fraction must be in [0, 1), got {self.certify_fraction}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "analytic" and self.certify_fraction > 0:
+            raise ValueError(
+                "method analytic makes no decisions to give bits back to: leave certify fraction at 0, "
+                f"got {self.certify_fraction}"
+            )
 
     @classmethod
     def independent_search(cls, eps: float = 0.003, **kwargs: object) -> SearchSettings:

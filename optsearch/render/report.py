@@ -89,6 +89,7 @@ def report_markdown(result: RunResult) -> str:
         + ", ".join(f"{k} {v.scheme} ({v.start}, {v.end}] x eps" for k, v in s.allocation.items()),
         f"- acceptance: {s.acceptance.describe()}",
         f"- {result.evaluations} evaluations, {result.timings['total_seconds']:.1f} s in total",
+        *_analytic_lines(result),
         *_fold_lines(result),
         "",
         "## Formats",
@@ -223,6 +224,18 @@ def _accuracy_lines(result: RunResult) -> list[str]:
             f"{VERDICTS[held.budget_verdict(eps, conf)]}.",
         ]
     return lines + _budget_lines(result)
+
+
+def _analytic_lines(result: RunResult) -> list[str]:
+    """``--method analytic``: the predicted mismatch bound beside the loss measured on the search set."""
+    a = result.analytic
+    if a is None:
+        return []
+    return [
+        f"- method analytic (no search, noise-gain equalised; {a.samples} samples for the noise gains): "
+        f"predicted mismatch bound {_pct(a.bound)} (budget {_pct(a.budget)}, B_min {a.b_min}) against "
+        f"the measured loss {_pct(result.accuracy['search'].quantized_loss)} on the search set"
+    ]
 
 
 def _budget_lines(result: RunResult) -> list[str]:

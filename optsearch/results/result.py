@@ -249,6 +249,17 @@ _OPTIONAL_MODEL = ("batchnorm_folds", "float_accuracy_before_folding", "float_in
 
 
 @dataclass(frozen=True)
+class AnalyticRecord:
+    """What ``--method analytic`` predicted (``core.analytic``): the mismatch bound of the chosen
+    formats, the budget ``eps * a`` it fits, ``B_min``, and the samples the noise gains were taken on."""
+
+    bound: float
+    budget: float
+    b_min: int
+    samples: int
+
+
+@dataclass(frozen=True)
 class RunResult:
     """Everything a run found and measured; rendered to formats.json, formats.csv, report.md, plots."""
 
@@ -267,6 +278,8 @@ class RunResult:
     versions: dict[str, str]
     schema: str = FORMATS_SCHEMA
     log: list[str] = field(default_factory=list)
+    analytic: AnalyticRecord | None = None
+    """``--method analytic``'s prediction; None for a search (and files before issue 23)."""
 
     @property
     def formats(self) -> dict[TensorId, Format]:
@@ -297,7 +310,7 @@ class RunResult:
         return self.costs["quantized"].saving(self.costs[baseline])
 
     def to_dict(self) -> dict[str, Any]:
-        """formats.json's data: the layout 0.1.0 wrote, key for key."""
+        """formats.json's data: the layout 0.1.0 wrote, key for key (``analytic`` only when present)."""
         model: dict[str, Any] = {
             "path": str(self.settings.model),
             "name": self.model.name,
@@ -334,6 +347,7 @@ class RunResult:
             "schema": self.schema,
             "log": self.log,
             "savings": {"vs_uniform8": self.savings("uniform8"), "vs_float32": self.savings("float32")},
+            **({} if self.analytic is None else {"analytic": asdict(self.analytic)}),
         }
 
     @classmethod
@@ -389,6 +403,7 @@ class RunResult:
             versions=data["versions"],
             schema=data["schema"],
             log=data.get("log", []),
+            analytic=AnalyticRecord(**data["analytic"]) if "analytic" in data else None,
         )
 
 

@@ -13,13 +13,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from tqdm import tqdm
 
+from optsearch.core import analytic
 from optsearch.core.confidence import certifiable_loss, loss_upper_bound, samples_needed
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
@@ -49,11 +50,13 @@ from optsearch.model.environment import versions
 from optsearch.model.folding import Fold
 from optsearch.model.graph import QuantizedModel, uniform_formats
 from optsearch.model.netlist import read_netlist
+from optsearch.model.noise_gain import noise_gains, park_floors
 from optsearch.model.schedule import activation_schedule
 from optsearch.render.files import write_rendered
 from optsearch.results.folder import FOLDED_MODEL_FILE, LOG_FILE, MODEL_FILE, ResultFolder
 from optsearch.results.result import (
     Accuracy,
+    AnalyticRecord,
     Costs,
     DataInfo,
     LayerResult,
@@ -77,6 +80,10 @@ from optsearch.run.resume import (
 from optsearch.settings import RunSettings
 
 UNIFORM_BW = 8
+#: ``--method analytic`` takes the noise gains on about this many search samples (a stratified, seeded
+#: subset: ``data.split``), so that a 5,000-sample CIFAR search set does not spend minutes on per-sample
+#: gradients; formats.json records how many. The network's loss is measured on the whole search set.
+ANALYTIC_GAIN_SAMPLES = 2_000
 Echo = Callable[[str], None]
 
 
@@ -150,9 +157,13 @@ def run(
         return recorded[0] > 0 and not isinstance(err, OptsearchError)
 
     with work_dir(out, overwrite, resume, keep) as tmp:
-        searched = search_formats(prepared, settings.search, tmp, fingerprint, resume, recorded, echo)
-        certification = certify_stage(prepared, settings, searched, echo)
-        result = measure(prepared, settings, searched, started, certification)
+        if settings.search.method == "analytic":
+            searched, record = analytic_stage(prepared, settings, tmp, echo)
+            result = replace(measure(prepared, settings, searched, started), analytic=record)
+        else:
+            searched = search_formats(prepared, settings.search, tmp, fingerprint, resume, recorded, echo)
+            certification = certify_stage(prepared, settings, searched, echo)
+            result = measure(prepared, settings, searched, started, certification)
         write_result(result, prepared, tmp)
         for name in (REQUEST_FILE, DECISIONS_FILE):
             (tmp / name).unlink(missing_ok=True)
@@ -342,6 +353,100 @@ def search_formats(
         searched_before + time.perf_counter() - t0,
         searched_before if resume else None,
     )
+
+
+def gain_samples(
+    prepared: Prepared, batch_size: int, seed: int, limit: int = ANALYTIC_GAIN_SAMPLES
+) -> np.ndarray:
+    """About ``limit`` search samples (stratified by class, ``seed``), preprocessed as the network
+    sees them, converted batch by batch."""
+    data = prepared.inputs.search
+    chosen = data if len(data) <= limit else split(data, limit / len(data), seed)[0]
+    return np.concatenate([x for x, _ in batches(chosen, batch_size, prepared.inputs.preprocess)])
+
+
+def analytic_formats(
+    prepared: Prepared, settings: RunSettings, echo: Echo
+) -> tuple[SearchOutcome, AnalyticRecord, list[EvaluationRecord]]:
+    """``--method analytic``: no search. The smallest ``B_min`` whose noise-gain-equalised formats
+    (Park's floor on the classifier) have a predicted mismatch bound within ``eps * a``
+    (``core.analytic.choose_b_min``); the network is evaluated once on the search set.
+
+    Returns synthetic decisions (each tensor's format, the network's loss; one evaluation, counted on
+    the last tensor), the prediction, and one search-log record per tensor.
+    """
+    t0 = time.perf_counter()
+    search, qmodel, evaluator = settings.search, prepared.qmodel, prepared.evaluator
+    x = gain_samples(prepared, settings.batch_size, settings.data.seed)
+    echo(f"analytic: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
+    gains = noise_gains(qmodel, x)
+    try:
+        budget = analytic.mismatch_budget(search.eps, evaluator.float_accuracy)
+        plan = analytic.choose_b_min(
+            gains, prepared.magnitudes, budget, search.offset_rule, park_floors(qmodel)
+        )
+    except ValueError as err:
+        raise OptsearchError(f"--method analytic: {err}") from err
+    evaluation = evaluator.evaluate(plan.formats)
+    tensors_by_layer = [q.tensors() for q in qmodel.layers]
+    order = search_plan(tensors_by_layer, search)
+    rule = f"analytic: noise-gain equalised (B_min {plan.b_min})"
+    decisions, records = [], []
+    for i, (tensor, position, eps) in enumerate(order):
+        fmt, last = plan.formats[tensor], i == len(order) - 1
+        decisions.append(
+            TensorDecision(
+                tensor=tensor,
+                position=position,
+                eps=eps,
+                fmt=fmt,
+                loss=evaluation.loss,
+                bw0=fmt.bw,
+                start=fmt,
+                diagonal=fmt,
+                diagonal_loss=evaluation.statistic,
+                local=fmt,
+                local_loss=evaluation.statistic,
+                rule=rule,
+                evaluations=int(last),  # the one evaluation of the whole network
+                bound=evaluation.bound,
+            )
+        )
+        records.append(
+            EvaluationRecord(
+                tensor=tensor,
+                fmt=fmt,
+                phase="start",
+                loss=evaluation.loss,
+                accepted=evaluation.accepted(search.eps),
+                exact=evaluation.exact,
+                eps=search.eps,
+                seconds=evaluation.seconds if last else 0.0,
+                cached=not last,  # the others share that evaluation
+                bound=evaluation.bound,
+            )
+        )
+    seconds = time.perf_counter() - t0
+    record = AnalyticRecord(plan.bound, plan.budget, plan.b_min, gains.samples)
+    return SearchOutcome(tuple(decisions), 1, seconds), record, records
+
+
+def analytic_stage(
+    prepared: Prepared, settings: RunSettings, tmp: Path, echo: Echo
+) -> tuple[Searched, AnalyticRecord]:
+    """``analytic_formats`` with its search log written and its line in the run's log."""
+    outcome, record, records = analytic_formats(prepared, settings, echo)
+    with open(tmp / LOG_FILE, "w") as log_file:
+        for line in records:
+            _write_record(log_file, line)
+    loss = outcome.decisions[-1].loss if outcome.decisions else 0.0
+    summary = (
+        f"analytic: B_min {record.b_min}, predicted mismatch bound {record.bound:.3%} within the budget "
+        f"{record.budget:.3%} (eps x float accuracy; noise gains on {record.samples} samples); measured "
+        f"loss {loss:.3%} on the search set"
+    )
+    echo(summary)
+    return Searched(outcome, [summary], outcome.seconds, None), record
 
 
 def certify_stage(
