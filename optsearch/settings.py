@@ -84,6 +84,7 @@ class RunSettings:
             "confidence": s.confidence,
             "certify_fraction": s.certify_fraction,
             "method": s.method,
+            "warm_start": s.warm_start,
             "activation_point": self.activation_point,
             "fold_bn": self.fold_bn,
             "input_bits": self.input_bits,
@@ -121,6 +122,7 @@ class RunSettings:
             confidence=settings.get("confidence", defaults.confidence),
             certify_fraction=settings.get("certify_fraction", 0.0),
             method=settings.get("method", "paper"),  # files before issue 23 searched
+            warm_start=settings.get("warm_start", "none"),  # older files started at BW0
         )
         resize = data.get("resize")
         return cls(

@@ -27,9 +27,10 @@ def test_formats_json_of_0_1_0_reads_back_byte_for_byte(path: Path) -> None:
     # 0.1.0 searched with Alg. 2's own acceptance test and no certification; the settings now name
     # them. Nothing else differs.
     added = tuple(
-        again["settings"].pop(key) for key in ("criterion", "confidence", "certify_fraction", "method")
+        again["settings"].pop(key)
+        for key in ("criterion", "confidence", "certify_fraction", "method", "warm_start")
     )
-    assert added == ("paper", 0.95, 0.0, "paper")
+    assert added == ("paper", 0.95, 0.0, "paper", "none")
     assert json.dumps(again, indent=2) == json.dumps(data, indent=2)
     assert result.eps == data["settings"]["eps"]
     assert str(result.settings.model) == data["model"]["path"]

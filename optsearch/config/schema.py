@@ -32,6 +32,8 @@ from optsearch.methods.opt_search import (
     INDEPENDENT_BW0,
     LAYER_ORDERS,
     METHODS,
+    WARM_START_MARGIN,
+    WARM_STARTS,
     SearchSettings,
 )
 from optsearch.settings import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB, DataSettings, RunSettings
@@ -444,6 +446,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "analytic",
     ),
     Setting(
+        "warm_start",
+        Value("choice", choices=WARM_STARTS),
+        "none",
+        "Where each tensor's diagonal starts. none: at BW0 (Alg. 2). analytic: each tensor's diagonal "
+        f"starts WARM_START_MARGIN = {WARM_START_MARGIN} bits above its noise-gain-predicted precision "
+        "(--method analytic's, docs/algorithm.md) instead of at BW0, still raised when not acceptable; "
+        "not Alg. 2: every output says so. Not with --method analytic or --independent.",
+        "analytic",
+    ),
+    Setting(
         "input_bits",
         Value("int", 1, 32),
         8,
@@ -634,6 +646,7 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         confidence=values["confidence"],
         certify_fraction=values["certify_fraction"],
         method=values["method"],
+        warm_start=values["warm_start"],
     )
 
 

@@ -21,6 +21,12 @@ LayerOrder = Literal["forward", "reverse"]
 LAYER_ORDERS: tuple[LayerOrder, ...] = ("forward", "reverse")
 Method = Literal["paper", "analytic"]
 METHODS: tuple[Method, ...] = ("paper", "analytic")
+WarmStart = Literal["none", "analytic"]
+WARM_STARTS: tuple[WarmStart, ...] = ("none", "analytic")
+#: ``--warm-start analytic``: each tensor's diagonal starts this many bits above its noise-gain-
+#: predicted precision (``core.analytic``), so that the first candidates are usually acceptable and
+#: the diagonal still has room to descend below the prediction, which is conservative (issue 23).
+WARM_START_MARGIN = 2
 Phase = Literal["start", "diagonal", "reduction", "local"]
 
 DEPENDENT_BW0: dict[TensorKind, int] = {"W": 12, "B": 8, "A": 12}
@@ -57,6 +63,10 @@ class SearchSettings:
     method: Method = "paper"
     """``paper``: search (Alg. 2). ``analytic``: no search, noise-gain-equalised precisions whose
     predicted mismatch bound fits ``eps * a`` (``core.analytic``, issue 23)."""
+    warm_start: WarmStart = "none"
+    """``none``: every diagonal starts at BW0 (Alg. 2). ``analytic``: the runner passes each tensor's
+    noise-gain-predicted precision plus ``WARM_START_MARGIN`` as ``opt_search``'s ``start_bits``;
+    not Alg. 2 (issue 23)."""
 
     @property
     def acceptance(self) -> AcceptanceTest:
@@ -85,6 +95,17 @@ class SearchSettings:
             raise ValueError(
                 "method analytic makes no decisions to give bits back to: leave certify fraction at 0, "
                 f"got {self.certify_fraction}"
+            )
+        if self.warm_start not in WARM_STARTS:
+            raise ValueError(f"warm start must be one of {WARM_STARTS}, got {self.warm_start!r}")
+        if self.warm_start == "analytic" and self.method == "analytic":
+            raise ValueError(
+                "warm start analytic starts a search: method analytic does not search; use one or the other"
+            )
+        if self.warm_start == "analytic" and self.independent:
+            raise ValueError(
+                "warm start analytic predicts precisions for the network as a whole (a dependent "
+                "search): leave independent off or warm start at none"
             )
 
     @classmethod
@@ -193,12 +214,19 @@ def opt_search(
     decided: Mapping[TensorId, TensorDecision] | None = None,
     log: Callable[[str], None] | None = None,
     floor: float = 0.0,
+    start_bits: Mapping[TensorId, int] | None = None,
 ) -> SearchOutcome:
     """OptSearchCNN (Alg. 2) over every tensor, in the order and with the budgets of ``settings``.
 
     ``magnitudes`` gives ``Z`` per tensor (eq. 8). ``decided`` holds decisions already made (a
     resumed search); they are applied and not searched again. ``floor``: see ``search_plan``.
+    ``start_bits``: a start bitwidth per tensor used instead of its type's BW0 (a warm start; not
+    Alg. 2), still raised by ``bw0_step`` up to ``bw0_cap`` while the start is not acceptable.
     """
+    start_bits = dict(start_bits or {})
+    for tensor, bits in start_bits.items():
+        if not 2 <= bits <= settings.bw0_cap:
+            raise ValueError(f"{tensor}: a start bitwidth must be in [2, {settings.bw0_cap}], got {bits}")
     started = time.perf_counter()
     done: dict[TensorId, TensorDecision] = dict(decided or {})
     total = 0
@@ -209,7 +237,9 @@ def opt_search(
             continue
         r_q = {t: d.fmt for t, d in done.items()}
         before = None if settings.independent or latest is None else latest.loss
-        tensor_search = _TensorSearch(evaluator, tensor, eps, settings, r_q, on_evaluation, log, before)
+        tensor_search = _TensorSearch(
+            evaluator, tensor, eps, settings, r_q, on_evaluation, log, before, start_bits.get(tensor)
+        )
         decision = tensor_search.run(position, magnitudes[tensor])
         latest = decision
         total += decision.evaluations
@@ -233,8 +263,10 @@ class _TensorSearch:
         on_evaluation: Callable[[EvaluationRecord], None] | None,
         log: Callable[[str], None] | None,
         before: float | None = None,
+        start_bw: int | None = None,
     ) -> None:
-        """``before``: in a dependent search, the loss of the tensors in ``decided``."""
+        """``before``: in a dependent search, the loss of the tensors in ``decided``. ``start_bw``:
+        the start bitwidth instead of BW0 (a warm start)."""
         self.evaluator = evaluator
         self.tensor = tensor
         self.eps = eps
@@ -243,6 +275,7 @@ class _TensorSearch:
         self.on_evaluation = on_evaluation
         self.log = log
         self.before = before
+        self.start_bw = start_bw
         self.seen: dict[Format, Evaluation] = {}
         self.evaluations = 0
 
@@ -333,8 +366,10 @@ class _TensorSearch:
         )
 
     def _start(self, z: float) -> tuple[int, Format]:
-        """``(BW0, F0)``, raising ``BW0`` by ``bw0_step`` up to the cap while unacceptable (line 5-7)."""
-        bw0 = self.settings.bw0[self.tensor.kind]
+        """``(BW0, F0)``, raising ``BW0`` by ``bw0_step`` up to the cap while unacceptable (line 5-7).
+
+        A warm start replaces BW0 by ``start_bw``; the raise rule is the same."""
+        bw0 = self.settings.bw0[self.tensor.kind] if self.start_bw is None else self.start_bw
         fmt = start_format(z, bw0, self.settings.offset_rule)
         if fmt.pruned:
             return bw0, fmt
@@ -343,7 +378,8 @@ class _TensorSearch:
                 raise SearchError(self._no_format_message(fmt))
             bw0 = min(bw0 + self.settings.bw0_step, self.settings.bw0_cap)
             if self.log is not None:
-                self.log(f"{self.describe()}: start {fmt} is not acceptable, raising BW0 to {bw0}")
+                what = "BW0" if self.start_bw is None else "the warm start"
+                self.log(f"{self.describe()}: start {fmt} is not acceptable, raising {what} to {bw0}")
             fmt = start_format(z, bw0, self.settings.offset_rule)
         return bw0, fmt
 

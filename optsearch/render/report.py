@@ -84,7 +84,8 @@ def report_markdown(result: RunResult) -> str:
         f"order {'/'.join(s.type_order)} layers {s.layer_order}"
         f"{', interleaved' if s.interleave else ''}, "
         f"BW0 W {s.bw0['W']} / B {s.bw0['B']} / A {s.bw0['A']}, delta {s.delta}, "
-        f"offset rule {s.offset_rule}",
+        f"offset rule {s.offset_rule}"
+        f"{', warm start: analytic (not Alg. 2)' if s.warm_start == 'analytic' else ''}",
         "- allocation: "
         + ", ".join(f"{k} {v.scheme} ({v.start}, {v.end}] x eps" for k, v in s.allocation.items()),
         f"- acceptance: {s.acceptance.describe()}",

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from optsearch.core import analytic
+from optsearch.core.analytic import NoiseGains
 from optsearch.core.confidence import certifiable_loss, loss_upper_bound, samples_needed
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
@@ -39,6 +40,7 @@ from optsearch.evaluators.keras import (
 )
 from optsearch.methods.certify import BackOff, Certification, certify
 from optsearch.methods.opt_search import (
+    WARM_START_MARGIN,
     EvaluationRecord,
     SearchOutcome,
     SearchSettings,
@@ -161,7 +163,16 @@ def run(
             searched, record = analytic_stage(prepared, settings, tmp, echo)
             result = replace(measure(prepared, settings, searched, started), analytic=record)
         else:
-            searched = search_formats(prepared, settings.search, tmp, fingerprint, resume, recorded, echo)
+            start_bits, warm_note, warm_seconds = None, None, 0.0
+            if settings.search.warm_start == "analytic":
+                start_bits, warm_note, warm_seconds = warm_start_bits(prepared, settings, echo)
+            searched = search_formats(
+                prepared, settings.search, tmp, fingerprint, resume, recorded, echo, start_bits
+            )
+            if warm_note is not None:  # in formats.json's log, and its time in the search's
+                searched = replace(
+                    searched, log=[warm_note, *searched.log], seconds=searched.seconds + warm_seconds
+                )
             certification = certify_stage(prepared, settings, searched, echo)
             result = measure(prepared, settings, searched, started, certification)
         write_result(result, prepared, tmp)
@@ -289,10 +300,12 @@ def search_formats(
     resume: bool,
     recorded: list[int],
     echo: Echo,
+    start_bits: Mapping[TensorId, int] | None = None,
 ) -> Searched:
     """Alg. 2 over the search set's evaluator, every evaluation and decision written as it happens.
 
     ``recorded[0]`` counts the decisions on disk (the caller keeps the work folder when it is > 0).
+    ``start_bits``: a warm start (``warm_start_bits``), passed to ``opt_search``.
     """
     qmodel = prepared.qmodel
     tensors_by_layer = [q.tensors() for q in qmodel.layers]
@@ -344,6 +357,7 @@ def search_formats(
                 decided=decided,
                 log=note,
                 floor=prepared.floor,
+                start_bits=start_bits,
             )
         except KeyboardInterrupt as err:
             raise RunInterrupted(recorded[0], len(plan), tmp, recorded[0] > 0) from err
@@ -365,6 +379,46 @@ def gain_samples(
     return np.concatenate([x for x, _ in batches(chosen, batch_size, prepared.inputs.preprocess)])
 
 
+def analytic_plan(
+    prepared: Prepared, settings: RunSettings, echo: Echo, option: str, label: str
+) -> tuple[analytic.AnalyticPlan, NoiseGains]:
+    """The noise gains on ``gain_samples`` and the smallest ``B_min`` whose noise-gain-equalised
+    formats (Park's floor on the classifier) have a predicted mismatch bound within ``eps * a``
+    (``core.analytic.choose_b_min``). ``option`` names the flag that asked, in errors; ``label``
+    starts the line echoed."""
+    search, qmodel = settings.search, prepared.qmodel
+    x = gain_samples(prepared, settings.batch_size, settings.data.seed)
+    echo(f"{label}: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
+    gains = noise_gains(qmodel, x)
+    try:
+        budget = analytic.mismatch_budget(search.eps, prepared.evaluator.float_accuracy)
+        plan = analytic.choose_b_min(
+            gains, prepared.magnitudes, budget, search.offset_rule, park_floors(qmodel)
+        )
+    except ValueError as err:
+        raise OptsearchError(f"{option}: {err}") from err
+    return plan, gains
+
+
+def warm_start_bits(
+    prepared: Prepared, settings: RunSettings, echo: Echo
+) -> tuple[dict[TensorId, int], str, float]:
+    """``--warm-start analytic`` (not Alg. 2): each tensor's start bitwidth, its ``analytic_plan``
+    precision plus ``WARM_START_MARGIN``, at most ``bw0_cap``; all-zero tensors are left out (they
+    are pruned whatever the start). Returns the bits, the run's log line and the seconds it took."""
+    t0 = time.perf_counter()
+    plan, gains = analytic_plan(prepared, settings, echo, "--warm-start analytic", "warm start")
+    cap = settings.search.bw0_cap
+    bits = {t: min(f.bw + WARM_START_MARGIN, cap) for t, f in plan.formats.items() if not f.pruned}
+    note = (
+        f"warm start: analytic (not Alg. 2): each diagonal starts {WARM_START_MARGIN} bits above its "
+        f"noise-gain-predicted precision (B_min {plan.b_min}, at most {cap} bits; noise gains on "
+        f"{gains.samples} samples), raised as BW0 is while not acceptable"
+    )
+    echo(note)
+    return bits, note, time.perf_counter() - t0
+
+
 def analytic_formats(
     prepared: Prepared, settings: RunSettings, echo: Echo
 ) -> tuple[SearchOutcome, AnalyticRecord, list[EvaluationRecord]]:
@@ -377,16 +431,7 @@ def analytic_formats(
     """
     t0 = time.perf_counter()
     search, qmodel, evaluator = settings.search, prepared.qmodel, prepared.evaluator
-    x = gain_samples(prepared, settings.batch_size, settings.data.seed)
-    echo(f"analytic: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
-    gains = noise_gains(qmodel, x)
-    try:
-        budget = analytic.mismatch_budget(search.eps, evaluator.float_accuracy)
-        plan = analytic.choose_b_min(
-            gains, prepared.magnitudes, budget, search.offset_rule, park_floors(qmodel)
-        )
-    except ValueError as err:
-        raise OptsearchError(f"--method analytic: {err}") from err
+    plan, gains = analytic_plan(prepared, settings, echo, "--method analytic", "analytic")
     evaluation = evaluator.evaluate(plan.formats)
     tensors_by_layer = [q.tensors() for q in qmodel.layers]
     order = search_plan(tensors_by_layer, search)
