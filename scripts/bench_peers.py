@@ -1,0 +1,266 @@
+"""optsearch side by side with what users would pick instead (issue 22) -> docs/peers.md.
+
+Per zoo model, on the 50/50 split of docs/results.md (search_fraction 0.5, seed 0): float32 and
+TFLite full-integer PTQ (int8, and int16x8 where the converter supports the model), calibrated on
+the search half and measured on the held-out half. Each model's numbers are cached in
+``<out>/peers/<model>.json``; the page is rendered from those files. The hls4ml ``ap_fixed<16,6>``
+and optsearch rows are not measured yet.
+
+    .venv/bin/python scripts/bench_peers.py                              # every zoo model
+    .venv/bin/python scripts/bench_peers.py --models sequential_mnist --samples 500
+    .venv/bin/python scripts/bench_peers.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
+ZOO = (
+    "sequential_mnist",
+    "sequential_fashion_mnist",
+    "sequential_cifar10",
+    "branched_mnist",
+    "branched_fashion_mnist",
+    "branched_cifar10",
+)
+SEARCH_FRACTION = 0.5
+SEED = 0
+CONFIDENCE = 0.95
+TFLITE_MODES: tuple[Literal["int8", "int16x8"], ...] = ("int8", "int16x8")
+NOT_YET = ("hls4ml ap_fixed<16,6>", "optsearch uniform 8-bit", "optsearch eps 0.5% / 1% / 2%")
+
+
+def dataset_of(model: str) -> str:
+    """The dataset a zoo model was trained on: its name without the architecture prefix."""
+    return model.split("_", 1)[1]
+
+
+def load_split(
+    model: Any, data: str, data_dir: str, samples: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(search x, held-out x, held-out y) as float32 batches the model takes (raw pixels for the zoo)."""
+    from optsearch.data import Preprocess, fit_channel_axis, load_data, split
+
+    dataset = load_data(data, data_dir)
+    search, held_out = split(dataset, SEARCH_FRACTION, SEED)
+    assert held_out is not None
+    if samples is not None:
+        search = search.subset(np.arange(min(samples, len(search))), f"[:{samples}]")
+        held_out = held_out.subset(np.arange(min(samples, len(held_out))), f"[:{samples}]")
+    preprocess = fit_channel_axis(Preprocess(), tuple(dataset.x.shape[1:]), tuple(model.input_shape[1:]))
+    return preprocess(search.x), preprocess(held_out.x), held_out.y
+
+
+def row(name: str, predictions: np.ndarray, float_predictions: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Held-out accuracy and relative loss against float, with their intervals (paired counts L/G)."""
+    from optsearch.core.confidence import accuracy_interval, loss_interval, observed_loss
+
+    right, float_right = predictions == y, float_predictions == y
+    losses, gains = int(np.sum(float_right & ~right)), int(np.sum(~float_right & right))
+    float_correct, n = int(np.sum(float_right)), len(y)
+    out: dict[str, Any] = {
+        "name": name,
+        "samples": n,
+        "correct": int(np.sum(right)),
+        "accuracy": float(np.mean(right)),
+        "accuracy_interval": list(accuracy_interval(int(np.sum(right)), n, CONFIDENCE)),
+        "losses": losses,
+        "gains": gains,
+        "float_correct": float_correct,
+    }
+    if float_correct:
+        out["loss"] = observed_loss(losses, gains, float_correct)
+        out["loss_interval"] = list(loss_interval(losses, gains, float_correct, n, CONFIDENCE))
+    return out
+
+
+def measure(model_path: Path, data: str, data_dir: str, samples: int | None) -> dict[str, Any]:
+    """Every row of one model, as data."""
+    from optsearch.model.loading import load_model
+    from optsearch.run.tflite import ConversionError, measure_memory, run_tflite
+    from optsearch.run.tflite import convert as tflite_convert
+
+    model = load_model(model_path)
+    search_x, held_x, held_y = load_split(model, data, data_dir, samples)
+    started = time.perf_counter()
+    float_pred = np.concatenate(
+        [
+            np.argmax(model.predict(held_x[i : i + 256], verbose=0), axis=-1)
+            for i in range(0, len(held_x), 256)
+        ]
+    )
+    float_seconds = time.perf_counter() - started
+    # the float32 flatbuffer gives the float row's memory, counted exactly as the integer rows'
+    float_memory = measure_memory(tflite_convert(model, search_x[:0], "float32"))
+    rows = [
+        {
+            **row("float32", float_pred, float_pred, held_y),
+            "weights_bytes": float_memory.weights_bytes,
+            "peak_activation_bytes": float_memory.peak_activation_bytes,
+            "seconds": float_seconds,
+        }
+    ]
+    for mode in TFLITE_MODES:
+        name = f"TFLite {mode}"
+        try:
+            run = run_tflite(model, search_x, held_x, mode)
+        except ConversionError as exc:
+            rows.append({"name": name, "error": str(exc)})
+            continue
+        rows.append(
+            {
+                **row(name, run.predictions, float_pred, held_y),
+                "weights_bytes": run.weights_bytes,
+                "other_constant_bytes": run.memory.other_constant_bytes,
+                "peak_activation_bytes": run.peak_activation_bytes,
+                "peak_step": run.memory.peak_step,
+                "flatbuffer_bytes": run.flatbuffer_bytes,
+                "seconds": run.seconds,
+                "convert_seconds": run.convert_seconds,
+            }
+        )
+    return {
+        "model": model_path.stem,
+        "model_file": str(model_path),
+        "data": data,
+        "search_fraction": SEARCH_FRACTION,
+        "seed": SEED,
+        "samples_limit": samples,
+        "search_samples": len(search_x),
+        "confidence": CONFIDENCE,
+        "rows": rows,
+    }
+
+
+def versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _interval(bounds: Sequence[float]) -> str:
+    return f"[{_pct(bounds[0])}, {_pct(bounds[1])}]"
+
+
+def render(results: Sequence[dict[str, Any]]) -> str:
+    """docs/peers.md from the cached results (no number is computed here but formatting)."""
+    lines = [
+        "# optsearch and its peers",
+        "",
+        "Written by `scripts/bench_peers.py` from `docs/peers/<model>.json`; do not edit by hand.",
+        "",
+        "Held-out half of the 50/50 split of docs/results.md "
+        f"(search_fraction {SEARCH_FRACTION}, seed {SEED});",
+        "TFLite is calibrated on the search half (the representative dataset). Loss is the relative loss",
+        "against float32 on the same samples, (L - G) / C, with its two-sided 95% interval "
+        "(`core.confidence.loss_interval`). Weights memory: the constant weight and bias operands",
+        "of the conv and fully-connected ops (int8 weights + int32 biases; int64 biases in int16x8; float32",
+        "for the float row, from the float TFLite file). Peak activation memory: the largest set of",
+        "activation tensors alive at once in op order, per sample (`core.memory.peak_activation_memory`).",
+        "Time: Keras inference for float32; conversion (calibration included) plus TFLite inference",
+        "otherwise.",
+        "",
+    ]
+    for result in results:
+        limit = result.get("samples_limit")
+        lines += [
+            f"## {result['model']}",
+            "",
+            f"Data `{result['data']}`: {result['search_samples']} search samples, "
+            f"{result['rows'][0]['samples']} held-out samples{f' (limited to {limit})' if limit else ''}.",
+            "",
+            "| method | held-out acc. | 95% interval | loss | 95% interval | weights memory (B) | "
+            "peak activations (B) | time (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['name']} | not run: {r['error'].replace('|', '/')} | | | | | | |")
+                continue
+            loss = _pct(r["loss"]) if "loss" in r else "n/a"
+            loss_int = _interval(r["loss_interval"]) if "loss_interval" in r else ""
+            lines.append(
+                f"| {r['name']} | {_pct(r['accuracy'])} | {_interval(r['accuracy_interval'])} | {loss} | "
+                f"{loss_int} | {r['weights_bytes']:,} | {r['peak_activation_bytes']:,} | {r['seconds']:.1f} |"
+            )
+        lines += [f"| {name} | not yet measured | | | | | | |" for name in NOT_YET]
+        lines.append("")
+    recorded = [r for r in results if "versions" in r]
+    if recorded:
+        v, command = recorded[-1]["versions"], recorded[-1].get("command", "")
+        lines += [
+            "## How these were measured",
+            "",
+            f"Python {v['python']}, TensorFlow {v['tensorflow']}, Keras {v['keras']}, {v['machine']}.",
+            "",
+            "```text",
+            command,
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(ZOO), help="model names (files NAME.keras)")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--data", help="one data spec for every model (default: the zoo model's dataset)")
+    parser.add_argument("--data-dir", help="dataset folder (default: $OPTSEARCH_DATA or ../shared/datasets)")
+    parser.add_argument("--samples", type=int, help="at most N samples of each half (quick runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="writes OUT/peers.md and OUT/peers/")
+    parser.add_argument("--force", action="store_true", help="measure again even when cached")
+    parser.add_argument("--render-only", action="store_true", help="render the cached results only")
+    args = parser.parse_args(argv)
+    if args.samples is not None and args.samples < 1:
+        parser.error(f"--samples must be at least 1, got {args.samples}")
+    data_dir = args.data_dir or os.environ.get("OPTSEARCH_DATA") or str(DEFAULT_DATA_DIR)
+    cache = args.out / "peers"
+    cache.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python scripts/bench_peers.py", *(sys.argv[1:] if argv is None else argv)])
+    if not args.render_only:
+        for name in args.models:
+            target = cache / f"{name}.json"
+            if target.is_file() and not args.force:
+                cached = json.loads(target.read_text())
+                if cached.get("samples_limit") == args.samples:
+                    print(f"{name}: cached ({target})")
+                    continue
+            data = args.data or dataset_of(name)
+            print(f"{name}: measuring on {data}", flush=True)
+            result = measure(args.model_dir / f"{name}.keras", data, data_dir, args.samples)
+            result["versions"], result["command"] = versions(), command
+            target.write_text(json.dumps(result, indent=2) + "\n")
+    order = {name: i for i, name in enumerate(ZOO)}
+    files = sorted(cache.glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+    (args.out / "peers.md").write_text(render([json.loads(p.read_text()) for p in files]))
+    print(f"wrote {args.out / 'peers.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
