@@ -204,6 +204,12 @@ class ModelGraph:
 
     def _check_supported(self, layer: Any, uses: int) -> None:
         class_name = type(layer).__name__
+        if not isinstance(layer, keras.layers.Layer):
+            raise ModelError(
+                f"'{layer.name}' is a keras.ops operation ({class_name}), not a layer (e.g. the `x + 3` "
+                "of a hard-swish written with keras.ops); optsearch reads networks built from layers: "
+                "rebuild that part with layers (keras.layers.Add, Rescaling, Activation, ...)"
+            )
         if isinstance(layer, keras.Model):
             raise ModelError(
                 f"layer '{layer.name}' is a nested model ({class_name}); optsearch needs a flat model: "

@@ -56,6 +56,8 @@ def _node(
     base = {"name": layer.name, "inputs": inputs, "source": cls, "output_shape": shape}
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         raise _refuse(layer, "only channels_last data are supported")
+    if not isinstance(layer, keras.layers.Layer):
+        raise _refuse(layer, "is a keras.ops operation, not a layer; the references compute layers only")
     if cls == "InputLayer":
         return Node(op="input", **base)
     if cls == "FixedPointQuantizer":
@@ -90,8 +92,14 @@ def _node(
         }
         return Node(op="batchnorm", attrs={"epsilon": float(layer.epsilon)}, arrays=arrays, **base)
     if cls == "ReLU":
-        if layer.max_value is not None or float(layer.negative_slope) != 0 or float(layer.threshold) != 0:
-            raise _refuse(layer, "only a plain ReLU (no max_value, negative_slope or threshold) is supported")
+        if layer.max_value is not None:
+            raise _refuse(
+                layer,
+                f"ReLU(max_value={float(layer.max_value):g}) saturates (a clip, e.g. ReLU6); "
+                "the integer reference and the exporters have no clip, only a plain ReLU",
+            )
+        if float(layer.negative_slope) != 0 or float(layer.threshold) != 0:
+            raise _refuse(layer, "ReLU with negative_slope or threshold is not supported, only a plain ReLU")
         return Node(op="relu", **base)
     if cls == "Activation":
         act = _activation(layer)
