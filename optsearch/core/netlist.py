@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,13 @@ class Node:
     def activation(self) -> str:
         """The built-in activation of a weighted node (``linear`` or ``relu``)."""
         return str(self.attrs.get("activation", "linear"))
+
+    @property
+    def max_value(self) -> float | None:
+        """The upper clip of a ``relu`` node or of a weighted node's built-in ``relu`` (ReLU6: 6.0),
+        None for a plain ReLU: ``min(max(x, 0), max_value)``."""
+        m = self.attrs.get("max_value")
+        return None if m is None else float(m)
 
     @property
     def fan_in(self) -> int:
@@ -178,6 +186,27 @@ class Grid:
         return f"ap_fixed<{self.bits},{self.bits - self.f}>"
 
 
+def clip_code(max_value: float, f: int) -> int:
+    """The code of ``max_value`` at ``2**-f`` (it must be on that grid: ``clip_grid`` chooses ``f``)."""
+    code = Fraction(max_value) * 2**f if f >= 0 else Fraction(max_value) / 2**-f
+    if code.denominator != 1:
+        raise ValueError(f"{max_value!r} is not on the grid 2**-{f}")
+    return int(code)
+
+
+def clip_grid(x: Grid, max_value: float | None) -> Grid:
+    """The grid of ``relu(x)`` (``max_value`` None) or ``min(max(x, 0), max_value)``: the input's ``f``,
+    refined where ``max_value`` is not a multiple of its LSB (6 at LSB 4: ``f = -1``): an exact clip."""
+    if max_value is None:
+        return Grid(x.f, x.max_code, True)
+    m = Fraction(max_value)
+    if m <= 0:
+        return Grid(x.f, 0, True)
+    num, den = m.numerator, m.denominator
+    f = max(x.f, (den.bit_length() - 1) - ((num & -num).bit_length() - 1))
+    return Grid(f, min(x.max_code << (f - x.f), clip_code(max_value, f)), True)
+
+
 def accumulator(node: Node, x: Grid) -> Grid:
     """The exact accumulator of weighted ``node`` on grid input ``x``: worst case over its formats.
 
@@ -209,10 +238,12 @@ def propagate(node: Node, inputs: list[Grid | None]) -> Grid | None:
     if op in ("identity", "flatten", "maxpool", "global_max"):
         return grids[0]
     if op == "relu":
-        return Grid(grids[0].f, grids[0].max_code, True)
+        return clip_grid(grids[0], node.max_value)
     if op in WEIGHTED_OPS:
         acc = accumulator(node, grids[0])
-        return Grid(acc.f, acc.max_code, node.activation == "relu")
+        if node.activation == "relu":
+            return clip_grid(acc, node.max_value)
+        return acc
     if op in ("concat", "add"):
         f = max(g.f for g in grids)
         shifted = [g.max_code << (f - g.f) for g in grids]

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from optsearch.core.fixedpoint import Format
-from optsearch.core.netlist import OPS, DeployError, FixedArray, Grid, Netlist, Node, grids, smallest_c_int
+from optsearch.core.netlist import (
+    OPS,
+    DeployError,
+    FixedArray,
+    Grid,
+    Netlist,
+    Node,
+    accumulator,
+    grids,
+    smallest_c_int,
+)
 from optsearch.deploy.integer_ref import scores_node
 
 #: Operations the C reference implements (a sequential chain of them): the netlist's, less these.
@@ -235,7 +245,8 @@ def _call(
         fmt: Format = node.attrs["format"]
         return f"os_quantize({io}, {fmt.bw}, {fmt.f});"
     if op == "relu":
-        return f"os_relu({io});"
+        relu_grid = static[node.name]
+        return f"os_relu({io}, {_relu_max(node)}, {relu_grid.f if relu_grid is not None else 0});"
     if op == "flatten":
         return f"os_flatten({io});"
     if op == "batchnorm":
@@ -266,6 +277,10 @@ def _call(
         pad = str(node.attrs["padding"])
         pt, pl = _same_padding(ih, kh, sh, pad), _same_padding(iw, kw, sw, pad)
     grid = static[node.name]
+    in_grid = static[node.inputs[0]]
+    if grid is not None and in_grid is not None:  # the sums themselves, shifted to the output's F
+        acc = accumulator(node, in_grid)
+        grid = Grid(grid.f, max(grid.max_code, acc.max_code << (grid.f - acc.f)))
     if grid is not None and grid.bits > MAX_ACCUMULATOR_BITS:
         raise DeployError(
             f"layer '{node.name}' ({node.source}): its exact accumulator needs {grid.bits} bits, more than "
@@ -287,9 +302,15 @@ def _call(
     decl.append(
         f"static const os_conv {ident}_layer = {{{kh}, {kw}, {cin}, {cout}, {sh}, {sw}, {pt}, {pl}, "
         f"{oh}, {ow}, {ident}_w32, {kernel.fmt.f}, {b_ref}, {bf}, {int(node.activation == 'relu')}, "
-        f"{acc_f}}};\n"
+        f"{acc_f}, {_relu_max(node)}}};\n"
     )
     return f"os_conv2d({io}, &{ident}_layer);"
+
+
+def _relu_max(node: Node) -> str:
+    """ReLU6's upper clip as an exact C double literal (``-1.0``: none)."""
+    m = node.max_value if node.op == "relu" or node.activation == "relu" else None
+    return "-1.0" if m is None else float(m).hex()
 
 
 def export(netlist: Netlist, source: str) -> CExport:

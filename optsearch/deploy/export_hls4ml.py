@@ -164,6 +164,12 @@ def export(
     for node in netlist.nodes:
         if node.name in skipped:
             continue
+        if node.max_value is not None and (node.op == "relu" or node.activation == "relu"):
+            raise DeployError(
+                f"layer '{node.name}' ({node.source}): ReLU(max_value={node.max_value:g}) (ReLU6) is a clip "
+                f"whose bound hls4ml {HLS4ML_VERSION}'s configuration cannot set or check; "
+                "use the C or QONNX export"
+            )
         inputs = [grids[i] for i in node.inputs]
         if any(g is None for g in inputs) and node.op != "quantize":
             raise DeployError(f"layer '{node.name}' ({node.source}): its input has no fixed-point type")

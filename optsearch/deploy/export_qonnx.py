@@ -308,7 +308,19 @@ class _Exporter:
         self.emit(node, out, v.layout)
 
     def op_relu(self, node: Node) -> None:
-        self.elementwise(node, "Relu")
+        if node.max_value is None:
+            self.elementwise(node, "Relu")
+            return
+        v = self.values[node.inputs[0]]
+        self.emit(node, self.clip(node, v.name, self.shape(node.output_shape, v.layout)), v.layout)
+
+    def clip(self, node: Node, x: str, shape: tuple[int, ...]) -> str:
+        """ReLU6: ``Clip(x, 0, max_value)``, the bounds as float32 initializers (exact: Keras' own)."""
+        m = node.max_value
+        assert m is not None
+        low = self.g.const(f"{node.name}_clip_min", np.float32(0.0))
+        high = self.g.const(f"{node.name}_clip_max", np.float32(m))
+        return self.g.add("Clip", [x, low, high], node.name, shape)
 
     def op_identity(self, node: Node) -> None:
         self.elementwise(node, "Identity")
@@ -359,7 +371,9 @@ class _Exporter:
 
     def activation(self, node: Node, pre: str, layout: str) -> None:
         shape = self.shape(node.output_shape, layout)
-        if node.activation == "relu":
+        if node.activation == "relu" and node.max_value is not None:
+            pre = self.clip(node, pre, shape)
+        elif node.activation == "relu":
             pre = self.g.add("Relu", [pre], node.name, shape)
         elif node.activation != "linear":
             raise DeployError(

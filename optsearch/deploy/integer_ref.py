@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from optsearch.core.fixedpoint import Format
-from optsearch.core.netlist import FixedArray, Grid, Netlist, Node, grids
+from optsearch.core.netlist import FixedArray, Grid, Netlist, Node, accumulator, clip_code, grids
 
 #: Integer accumulators up to this many bits (sign included) run as exact float64 products.
 FLOAT64_EXACT_BITS = 53
@@ -143,8 +143,7 @@ def _apply(node: Node, inputs: list[Value], grid: Grid | None, x: np.ndarray) ->
     if op in ("conv", "depthwise", "separable", "dense"):
         return _weighted(node, inputs[0], grid)
     if op == "relu":
-        v = inputs[0]
-        return Value(np.maximum(v.data, 0), v.f)
+        return _relu(inputs[0], node.max_value, grid)
     if op in ("identity",):
         return inputs[0]
     if op == "flatten":
@@ -253,6 +252,11 @@ def _weighted(node: Node, v: Value, grid: Grid | None) -> Value:
     """Conv, depthwise, separable or dense: integer MACs on grid input, else float64 on real input."""
     exact_int = v.f is not None
     wide = grid is not None and grid.bits > FLOAT64_EXACT_BITS
+    if exact_int and node.max_value is not None:  # grid is the clip's: size the sums by the accumulator
+        wide = (
+            accumulator(node, Grid(int(v.f or 0), int(np.abs(v.data).max(initial=0)))).bits
+            > FLOAT64_EXACT_BITS
+        )
     x = v.data if exact_int else v.real()
     kernels = [w.codes for w in node.weights]
     if node.op == "dense":
@@ -286,8 +290,19 @@ def _weighted(node: Node, v: Value, grid: Grid | None) -> Value:
             real = real + bias.values()
         result = Value(real, None)
     if node.activation == "relu":
-        result = Value(np.maximum(result.data, 0), result.f)
+        result = _relu(result, node.max_value, grid)
     return result
+
+
+def _relu(v: Value, max_value: float | None, grid: Grid | None) -> Value:
+    """``max(x, 0)``, or ``min(max(x, 0), max_value)`` (ReLU6): on codes at ``grid.f`` (which holds
+    ``max_value`` exactly, ``clip_grid``), else on reals; exact either way."""
+    if max_value is None:
+        return Value(np.maximum(v.data, 0), v.f)
+    if v.f is not None and grid is not None:
+        codes = round_shift(v.data, v.f - grid.f)  # a left shift (or none): exact
+        return Value(np.clip(codes, 0, clip_code(max_value, grid.f)), grid.f)
+    return Value(np.clip(v.real(), 0.0, max_value), None)
 
 
 def _grouped_conv(

@@ -92,20 +92,19 @@ def _node(
         }
         return Node(op="batchnorm", attrs={"epsilon": float(layer.epsilon)}, arrays=arrays, **base)
     if cls == "ReLU":
-        if layer.max_value is not None:
-            raise _refuse(
-                layer,
-                f"ReLU(max_value={float(layer.max_value):g}) saturates (a clip, e.g. ReLU6); "
-                "the integer reference and the exporters have no clip, only a plain ReLU",
-            )
         if float(layer.negative_slope) != 0 or float(layer.threshold) != 0:
-            raise _refuse(layer, "ReLU with negative_slope or threshold is not supported, only a plain ReLU")
-        return Node(op="relu", **base)
+            raise _refuse(
+                layer, "ReLU with negative_slope or threshold is not supported, only ReLU and ReLU(max_value)"
+            )
+        clip = {} if layer.max_value is None else {"max_value": _float32(layer.max_value)}
+        return Node(op="relu", attrs=clip, **base)
     if cls == "Activation":
         act = _activation(layer)
+        if act == "relu6":
+            return Node(op="relu", attrs={"max_value": 6.0}, **base)
         ops = {"relu": "relu", "linear": "identity", "softmax": "softmax"}
         if act not in ops:
-            raise _refuse(layer, f"activation '{act}' is not supported (relu, linear, softmax are)")
+            raise _refuse(layer, f"activation '{act}' is not supported (relu, relu6, linear, softmax are)")
         return Node(op=ops[act], **base)
     if cls == "Softmax":
         if layer.axis not in (-1, len(shape)):
@@ -159,6 +158,11 @@ def _activation(layer: Any) -> str:
     return str(name if isinstance(name, str) else getattr(fn, "__name__", "custom"))
 
 
+def _float32(value: Any) -> float:
+    """A clip bound as Keras computes with it (float32), exactly."""
+    return float(np.float32(float(value)))
+
+
 def _array(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
 
@@ -176,8 +180,8 @@ def _codes(layer: Any, values: np.ndarray, fmt: Format, what: str) -> FixedArray
 
 def _weighted_node(layer: Any, cls: str, base: dict[str, Any], formats: Mapping[TensorId, Format]) -> Node:
     act = _activation(layer)
-    if act not in ("linear", "relu"):
-        raise _refuse(layer, f"built-in activation '{act}' is not supported (linear and relu are)")
+    if act not in ("linear", "relu", "relu6"):
+        raise _refuse(layer, f"built-in activation '{act}' is not supported (linear, relu and relu6 are)")
     w_fmt = formats[TensorId(layer.name, "W")]
     if cls == "Dense":
         kernels = [layer.kernel]
@@ -194,7 +198,9 @@ def _weighted_node(layer: Any, cls: str, base: dict[str, Any], formats: Mapping[
         if b_fmt is None:
             raise _refuse(layer, "uses a bias but formats.json has no format for it")
         bias = _codes(layer, _array(layer.bias), b_fmt, "biases")
-    attrs: dict[str, Any] = {"activation": act}
+    attrs: dict[str, Any] = (
+        {"activation": "relu", "max_value": 6.0} if act == "relu6" else {"activation": act}
+    )
     if cls != "Dense":
         one_d = cls.endswith("1D")
         strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)

@@ -39,6 +39,7 @@ typedef struct {
     int bf;
     int relu;
     int acc_f;         /* the exact accumulator's F when the input is on a grid */
+    double relu_max;   /* ReLU6: min(max(x, 0), relu_max); < 0: no upper clip (relu_max is on the 2^-acc_f grid) */
 } os_conv;
 
 typedef struct {
@@ -101,11 +102,20 @@ static void os_quantize(const os_tensor *in, os_tensor *out, int bw, int f) {
     }
 }
 
-static void os_relu(const os_tensor *in, os_tensor *out) {
-    *out = (os_tensor){in->h, in->w, in->c, in->fixed, in->f, out->code, out->real};
+/* max(x, 0), or min(max(x, 0), max) when max >= 0 (ReLU6). Codes move to 2^-f (f >= in->f, a grid
+ * that holds max exactly), so the clip is exact. */
+static void os_relu(const os_tensor *in, os_tensor *out, double max, int f) {
+    if (!in->fixed || max < 0) f = in->f;
+    *out = (os_tensor){in->h, in->w, in->c, in->fixed, f, out->code, out->real};
+    int64_t top = in->fixed && max >= 0 ? (int64_t)ldexp(max, f) : 0;
     for (size_t i = 0; i < os_size(in); i++) {
-        if (in->fixed) out->code[i] = in->code[i] > 0 ? in->code[i] : 0;
-        else out->real[i] = in->real[i] > 0 ? in->real[i] : 0.0;
+        if (in->fixed) {
+            int64_t v = in->code[i] > 0 ? os_round_shift(in->code[i], in->f - f) : 0;
+            out->code[i] = max >= 0 && v > top ? top : v;
+        } else {
+            double v = in->real[i] > 0 ? in->real[i] : 0.0;
+            out->real[i] = max >= 0 && v > max ? max : v;
+        }
     }
 }
 
@@ -145,11 +155,16 @@ static void os_conv2d(const os_tensor *in, os_tensor *out, const os_conv *L) {
                 if (in->fixed) {
                     int64_t acc = os_round_shift(iacc, in->f + L->wf - L->acc_f);
                     if (L->b) acc += os_round_shift(L->b[co], L->bf - L->acc_f);
-                    out->code[o] = L->relu && acc < 0 ? 0 : acc;
+                    if (L->relu && acc < 0) acc = 0;
+                    if (L->relu && L->relu_max >= 0 && acc > (int64_t)ldexp(L->relu_max, L->acc_f))
+                        acc = (int64_t)ldexp(L->relu_max, L->acc_f);
+                    out->code[o] = acc;
                 } else {
                     double v = ldexp(racc, -L->wf);
                     if (L->b) v += ldexp((double)L->b[co], -L->bf);
-                    out->real[o] = L->relu && v < 0 ? 0.0 : v;
+                    if (L->relu && v < 0) v = 0.0;
+                    if (L->relu && L->relu_max >= 0 && v > L->relu_max) v = L->relu_max;
+                    out->real[o] = v;
                 }
             }
         }
