@@ -182,3 +182,10 @@ def test_a_lossless_candidate_always_meets_a_floored_budget(confidence: float) -
         search = SearchSettings(eps=0.01, criterion="guarded", confidence=confidence)
         floor = budget_floor(search, samples, correct / samples)
         assert AcceptanceTest("guarded", confidence).accepts(0, 0, correct, samples, floor)
+
+
+def test_evaluate_prints_each_loss_with_its_interval_at_the_confidence_asked(files: dict[str, Path]) -> None:
+    result = _run("evaluate", files["model"], "--data", files["data"], "--confidence", "0.9")
+    assert result.exit_code == 0, result.output
+    assert "(90% CI " in result.output and "L/G " in result.output
+    assert _run("evaluate", files["model"], "--data", files["data"], "--confidence", "1.5").exit_code == 2

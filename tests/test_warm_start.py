@@ -193,3 +193,17 @@ def test_cli_refuses_warm_start_with_method_analytic(files: dict[str, Path], tmp
     )  # fmt: skip
     assert result.exit_code == 2 and "method analytic does not search" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_no_precisions_within_the_budget_fall_back_to_bw0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no B_min fits the budget, the warm start gives no start bits (the search starts at BW0)."""
+    import optsearch.run.runner as runner
+    from optsearch.core.errors import OptsearchError
+
+    def no_plan(*args: object, **kwargs: object) -> None:
+        raise OptsearchError("--warm-start analytic: no B_min up to 32 fits")
+
+    monkeypatch.setattr(runner, "analytic_plan", no_plan)
+    notes: list[str] = []
+    bits, note, _ = runner.warm_start_bits(None, None, notes.append)  # type: ignore[arg-type]
+    assert bits == {} and "starting at BW0" in note and notes == [note]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from optsearch.cli.options import UserError, data_options, model_options, offset_rule_option
+from optsearch.cli.options import UserError, data_options, model_options, offset_rule_option, schema_options
 from optsearch.model.environment import quiet_tensorflow
 
 
@@ -58,6 +58,7 @@ def inspect(model: Path, unsafe_load: bool, activation_point: str) -> None:
     help="Apply the formats of this formats.json (written by `optsearch run`, or edited by hand) "
     "instead of the uniform --bw formats, and report accuracy and costs.",
 )
+@schema_options(["confidence"])
 @click.option(
     "--save-quantized",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -78,6 +79,7 @@ def evaluate(
     bw: int,
     offset_rule: str,
     formats_file: Path | None,
+    confidence: float,
     save_quantized: Path | None,
 ) -> None:
     """Accuracy of MODEL in float and quantized, on the search and held-out data.
@@ -101,6 +103,7 @@ def evaluate(
         activation_point=activation_point,  # type: ignore[arg-type]
         unsafe_load=unsafe_load,
         batch_size=batch_size,
+        confidence=confidence,
     )
     label = evaluation.label
     for part in evaluation.parts:

@@ -407,7 +407,12 @@ def warm_start_bits(
     precision plus ``WARM_START_MARGIN``, at most ``bw0_cap``; all-zero tensors are left out (they
     are pruned whatever the start). Returns the bits, the run's log line and the seconds it took."""
     t0 = time.perf_counter()
-    plan, gains = analytic_plan(prepared, settings, echo, "--warm-start analytic", "warm start")
+    try:
+        plan, gains = analytic_plan(prepared, settings, echo, "--warm-start analytic", "warm start")
+    except OptsearchError as err:  # no B_min fits: the search starts at BW0, as Alg. 2 does
+        note = f"warm start: analytic found no precisions within the budget ({err}); starting at BW0"
+        echo(note)
+        return {}, note, time.perf_counter() - t0
     cap = settings.search.bw0_cap
     bits = {t: min(f.bw + WARM_START_MARGIN, cap) for t, f in plan.formats.items() if not f.pruned}
     note = (
