@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from optsearch.core import analytic
 from optsearch.core.analytic import NoiseGains
-from optsearch.core.confidence import certifiable_loss, loss_upper_bound, samples_needed
+from optsearch.core.confidence import loss_upper_bound, samples_needed
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.errors import OptsearchError
 from optsearch.core.files import sha256
@@ -257,12 +257,9 @@ def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float
     Refuses a guarded search that can certify nothing within eps (an ``OptsearchError`` naming the
     samples it needs), and warns when a paper-criterion search could not be certified.
     """
-    # What a candidate that flips nothing gets, computed as the evaluator computes it (a closed
-    # form could differ in the last bit, and a lossless candidate would then miss its floor).
-    certifiable = loss_upper_bound(0, 0, round(samples * accuracy), samples, search.confidence)
-    if certifiable <= search.eps:
+    certifiable, needed = _certifiable(search, samples, accuracy)
+    if needed is None:
         return certifiable if search.criterion == "guarded" else 0.0
-    needed = samples_needed(search.eps, accuracy, search.confidence)
     what = (
         f"the search set ({samples:,} samples, float accuracy {accuracy:.2%}) cannot certify a loss "
         f"of eps {search.eps:.2%} at {search.confidence:.0%} confidence: the smallest it certifies is "
@@ -277,13 +274,22 @@ def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float
     return 0.0
 
 
+def _certifiable(search: SearchSettings, samples: int, accuracy: float) -> tuple[float, int | None]:
+    """The bound a candidate that flips nothing gets on ``samples`` at ``accuracy``, computed as the
+    evaluator computes it (a closed form can differ in the last bit, and a lossless candidate would
+    then miss its floor), and the samples eps needs when that bound is above eps (else None)."""
+    certifiable = loss_upper_bound(0, 0, round(samples * accuracy), samples, search.confidence)
+    if certifiable <= search.eps:
+        return certifiable, None
+    return certifiable, samples_needed(search.eps, accuracy, search.confidence)
+
+
 def _check_certify_set(search: SearchSettings, samples: int, accuracy: float) -> None:
     """Refuse a certification set too small to certify eps even for a network that flips nothing
     there: backing off could never succeed, and would only spend bits."""
-    certifiable = certifiable_loss(samples, accuracy, search.confidence)
-    if certifiable <= search.eps:
+    certifiable, needed = _certifiable(search, samples, accuracy)
+    if needed is None:
         return
-    needed = samples_needed(search.eps, accuracy, search.confidence)
     raise OptsearchError(
         f"--certify-fraction {search.certify_fraction:g} leaves {samples:,} samples to certify the result "
         f"on, which certify at best {certifiable:.2%} at {search.confidence:.0%} confidence; eps "
