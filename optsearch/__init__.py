@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "search": "optsearch.api",
+    "pareto": "optsearch.api",
     "evaluate": "optsearch.api",
     "load_result": "optsearch.api",
     "export": "optsearch.api",
@@ -46,13 +47,14 @@ __all__ = [
     "export",
     "load_result",
     "make_settings",
+    "pareto",
     "save",
     "search",
     "verify",
 ]
 
 if TYPE_CHECKING:
-    from optsearch.api import evaluate, export, load_result, make_settings, save, search, verify
+    from optsearch.api import evaluate, export, load_result, make_settings, pareto, save, search, verify
     from optsearch.core.errors import OptsearchError
     from optsearch.core.fixedpoint import Format
     from optsearch.core.tensors import TensorId

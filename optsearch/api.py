@@ -1,6 +1,7 @@
 """The public Python API: what the CLI does, for notebooks and scripts (``import optsearch``).
 
-``search`` runs the search and returns a ``RunResult``; ``evaluate`` measures given or uniform
+``search`` runs the search and returns a ``RunResult``; ``pareto`` answers another budget from a
+``--method pareto`` result's stored curves; ``evaluate`` measures given or uniform
 formats; ``load_result`` reads a result folder; ``export`` and ``verify`` hand a result to hardware
 and prove the hand-off. Settings are named as on the command line and in YAML files (``eps``,
 ``search_fraction``, ``allocation`` ...) and checked by the same schema.
@@ -103,6 +104,63 @@ def search(
         resume=resume,
         echo=echo or (lambda _: None),
         dataset=dataset,
+    )
+
+
+def pareto(
+    result: str | Path,
+    eps: float,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> RunResult:
+    """A verified result for another budget from a ``--method pareto`` result's stored curves: the
+    allocation at ``eps``, verified, repaired and refined on the same search set; no curve is
+    measured again. ``out`` defaults to ``<result>-eps<eps>`` beside it."""
+    from optsearch.model.environment import quiet_tensorflow
+
+    quiet_tensorflow()
+    from optsearch.core.files import sha256
+    from optsearch.run.pareto_run import StoredCurves
+    from optsearch.run.runner import run
+
+    folder = Path(result)
+    earlier = ResultFolder.at(folder).read()
+    record = earlier.pareto
+    if record is None:
+        raise OptsearchError(
+            f"{folder} was made by --method {earlier.settings.search.method}, which measures no "
+            "sensitivity curves: run `optsearch run ... --method pareto` first"
+        )
+    if not 0.0 < eps <= record.reach * (1 + 1e-9):
+        raise OptsearchError(
+            f"--eps {eps:g}: the curves of {folder} reach {record.reach:g} (2 x its eps {earlier.eps:g}); "
+            f"give an eps in (0, {record.reach:g}], or run again with a larger --eps"
+        )
+    settings = earlier.settings.with_search(eps=eps)
+    if settings.data.spec == ARRAYS_SPEC:
+        raise OptsearchError(
+            f"{folder} was searched on in-memory arrays, which it does not keep: run optsearch.search "
+            "again on them with method='pareto' and the new eps"
+        )
+    if not settings.model.is_file():
+        raise OptsearchError(
+            f"{settings.model} (the model {folder} was searched on) is not there: run from the folder "
+            "the search ran in"
+        )
+    if sha256(settings.model) != earlier.model.sha256:
+        raise OptsearchError(
+            f"{settings.model} has changed since {folder} measured its curves (sha256 differs): "
+            "run the search again"
+        )
+    destination = Path(out) if out is not None else folder.with_name(f"{folder.name}-eps{eps:g}")
+    return run(
+        settings,
+        destination,
+        overwrite=overwrite,
+        echo=echo or (lambda _: None),
+        stored=StoredCurves.of(record, str(folder)),
     )
 
 

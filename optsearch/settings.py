@@ -85,6 +85,7 @@ class RunSettings:
             "certify_fraction": s.certify_fraction,
             "method": s.method,
             "warm_start": s.warm_start,
+            **({"objective": s.objective} if s.method == "pareto" else {}),
             "activation_point": self.activation_point,
             "fold_bn": self.fold_bn,
             "input_bits": self.input_bits,
@@ -123,6 +124,7 @@ class RunSettings:
             certify_fraction=settings.get("certify_fraction", 0.0),
             method=settings.get("method", "paper"),  # files before issue 23 searched
             warm_start=settings.get("warm_start", "none"),  # older files started at BW0
+            objective=settings.get("objective", "memory"),  # recorded by method pareto only
         )
         resize = data.get("resize")
         return cls(

@@ -128,7 +128,7 @@ def test_start_bits_outside_the_range_are_refused(bits: int) -> None:
 def test_warm_start_is_validated_and_recorded() -> None:
     with pytest.raises(ValueError, match="warm start must be one of"):
         SearchSettings(warm_start="cold")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="method analytic does not search"):
+    with pytest.raises(ValueError, match="method analytic has none"):
         SearchSettings(method="analytic", warm_start="analytic")
     with pytest.raises(ValueError, match="leave independent off"):
         SearchSettings.independent_search(warm_start="analytic")
@@ -191,7 +191,7 @@ def test_cli_refuses_warm_start_with_method_analytic(files: dict[str, Path], tmp
         "run", files["model"], "--data", files["data"], "--method", "analytic", "--warm-start", "analytic",
         "--out", tmp_path / "o",
     )  # fmt: skip
-    assert result.exit_code == 2 and "method analytic does not search" in result.output
+    assert result.exit_code == 2 and "method analytic has none" in result.output
     assert not (tmp_path / "o").exists()
 
 

@@ -18,7 +18,7 @@ from optsearch import __version__
 from optsearch.cli.deploy import export_command, verify_command
 from optsearch.cli.model_commands import evaluate, inspect
 from optsearch.cli.options import UserError
-from optsearch.cli.run_commands import batch, check, run
+from optsearch.cli.run_commands import batch, check, pareto, run
 from optsearch.core.errors import OptsearchError
 from optsearch.model.environment import use_tensorflow_backend
 
@@ -62,7 +62,7 @@ def cli() -> None:
     """
 
 
-for command in (inspect, evaluate, run, check, batch, export_command, verify_command):
+for command in (inspect, evaluate, run, pareto, check, batch, export_command, verify_command):
     cli.add_command(command)
 
 

@@ -139,6 +139,51 @@ def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
         ctx.exit(EXIT_REGRESSION)
 
 
+@click.command("pareto")
+@click.argument("result_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--eps",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    required=True,
+    help="The new budget (relative accuracy loss, 0.005 = 0.5%), at most the curves' reach (2 x the "
+    "result's eps).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: RESULT_DIR-epsEPS beside it).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def pareto(result_dir: Path, eps: float, out: Path | None, overwrite: bool) -> None:
+    """A verified result for another budget from a --method pareto result, without measuring again.
+
+    The result's sensitivity curves answer every budget up to twice its eps: the allocation at the
+    new eps is verified, repaired and refined on the same search set (a few dozen evaluations
+    instead of the hundreds the curves took). Run it in the folder the search ran in (the model and
+    data paths are the result's).
+
+    \b
+    Examples:
+      optsearch run model.keras --data mnist --eps 0.02 --method pareto --out runs/m2
+      optsearch pareto runs/m2 --eps 0.01       (writes runs/m2-eps0.01)
+      optsearch pareto runs/m2 --eps 0.005 --out runs/m05
+    """
+    quiet_tensorflow()
+    from optsearch.api import pareto as pareto_result
+    from optsearch.render.report import summary_lines
+
+    destination = out if out is not None else result_dir.with_name(f"{result_dir.name}-eps{eps:g}")
+    from optsearch.run.outdir import check_out_dir
+
+    check_out_dir(destination, overwrite, False)
+    with _sigterm_interrupts():
+        result = pareto_result(result_dir, eps, out=destination, overwrite=overwrite, echo=click.echo)
+    for line in summary_lines(result):
+        click.echo(line)
+    click.echo(f"wrote {destination}/ (report.md, formats.json, pareto.csv, search_log.jsonl, plots)")
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (``kill``, a job scheduler) stops a run as Ctrl-C does: cleanly, resumable."""

@@ -27,6 +27,7 @@ from optsearch.core.allocation import (
 from optsearch.core.confidence import CRITERIA, DEFAULT_CONFIDENCE, DEFAULT_CRITERION
 from optsearch.core.fixedpoint import OFFSET_RULES
 from optsearch.core.tensors import ACTIVATION_POINTS, FOLD_MODES, TENSOR_KINDS, TensorKind
+from optsearch.methods.knapsack import OBJECTIVES
 from optsearch.methods.opt_search import (
     DEPENDENT_BW0,
     INDEPENDENT_BW0,
@@ -442,8 +443,21 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "How the formats are chosen. paper: the search (Alg. 2). analytic: no search; Sakr & "
         "Shanbhag's noise-gain-equalised precisions (docs/algorithm.md), the smallest whose predicted "
         "mismatch probability bound fits eps read as a mismatch-probability budget eps*a (a: the float "
-        "accuracy); the network is evaluated once. Not with --certify-fraction.",
-        "analytic",
+        "accuracy); the network is evaluated once. pareto: each tensor's loss measured along Alg. 2's "
+        "candidates with the rest float, the formats that minimise --objective with the predicted loss "
+        "within eps (an exact knapsack), then the whole network verified, repaired and refined "
+        "(docs/algorithm.md); writes pareto.csv for every budget up to 2 x eps. Not with "
+        "--certify-fraction.",
+        "pareto",
+    ),
+    Setting(
+        "objective",
+        Value("choice", choices=OBJECTIVES),
+        "memory",
+        "What --method pareto minimises: memory (eq. 7's sum over weights, biases and activations), "
+        "weights (weights and biases: flash), activations (activation memory), or bops (bit operations, "
+        "MACs x weight bits x input bits).",
+        "weights",
     ),
     Setting(
         "warm_start",
@@ -647,6 +661,7 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         certify_fraction=values["certify_fraction"],
         method=values["method"],
         warm_start=values["warm_start"],
+        objective=values["objective"],
     )
 
 

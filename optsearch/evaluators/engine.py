@@ -141,15 +141,16 @@ class CachedEvaluator(KerasEvaluator):
 
         return self._traced_fn(("prefix", self.qmodel.cut_node(tensor)), build)
 
-    def _suffix(self, tensor: TensorId) -> Callable[..., tf.Tensor]:
-        """The cut of ``tensor`` -> predicted classes."""
+    def _suffix(self, tensor: TensorId) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+        """The cut of ``tensor`` -> predicted classes and outputs."""
 
         def build() -> Callable[..., Any]:
             _, suffix = self.qmodel.split(tensor)
 
             @tf.function(input_signature=input_spec(suffix.inputs))
-            def run(*cut: tf.Tensor) -> tf.Tensor:
-                return predicted_classes(suffix(list(cut) if len(cut) > 1 else cut[0], training=False))
+            def run(*cut: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                scores = suffix(list(cut) if len(cut) > 1 else cut[0], training=False)
+                return predicted_classes(scores), scores
 
             return run.get_concrete_function()
 
@@ -232,13 +233,14 @@ class CachedEvaluator(KerasEvaluator):
         """Count correct predictions chunk by chunk, from the cache where possible, stopping early."""
         run_suffix = self._suffix(varying)
 
-        def predicted() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def predicted() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             for index, (x, y) in enumerate(self._chunks()):
                 if index < len(self._cached):
                     cut = self._cached[index]
                 else:
                     cut = [t.numpy() for t in self._prefix(varying)(x)]
-                yield run_suffix(*cut).numpy(), y
+                classes, scores = run_suffix(*cut)
+                yield classes.numpy(), scores.numpy(), y
 
         return self._count(predicted(), max_loss, must_beat, start)
 

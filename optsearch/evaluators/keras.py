@@ -87,7 +87,8 @@ class KerasEvaluator:
             margins, predicted = self._float_margins(qmodel)
             order = np.lexsort((margins, predicted == data.y))  # wrong first, then by margin
             self.data = data.subset(order, "")
-        self.float_predictions = self._predictions()
+        self.float_predictions, self.float_scores = self._outputs()
+        """Per sample (in evaluation order): the float model's class and outputs (for the noise)."""
         self.float_right = self.float_predictions == self.data.y
         """Per sample (in evaluation order): whether the float model is right."""
         self.float_correct = int(np.sum(self.float_right))
@@ -121,10 +122,18 @@ class KerasEvaluator:
         for start, stop in self.chunks:
             yield self.preprocess(self.data.x[start:stop]), self.data.y[start:stop]
 
+    def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted classes and outputs of the model in its current state, for every sample."""
+        classes, scores = [], []
+        for x, _ in batches(self.data, self.batch_size, self.preprocess):
+            c, o = self._predict(x)
+            classes.append(c.numpy())
+            scores.append(o.numpy())
+        return np.concatenate(classes).astype(np.int64), np.concatenate(scores)
+
     def _predictions(self) -> np.ndarray:
         """Predicted classes of the model in its current state, for every sample."""
-        parts = [self._predict(x).numpy() for x, _ in batches(self.data, self.batch_size, self.preprocess)]
-        return np.concatenate(parts).astype(np.int64)
+        return self._outputs()[0]
 
     def predictions(self, formats: Mapping[TensorId, Format]) -> np.ndarray:
         """Predicted classes with exactly ``formats`` applied (the rest float)."""
@@ -147,17 +156,17 @@ class KerasEvaluator:
         start = time.perf_counter()
         self.evaluations += 1
         self.qmodel.set_formats(formats)
-        predicted = ((self._predict(x).numpy(), y) for x, y in self._chunks())
+        predicted = ((*(t.numpy() for t in self._predict(x)), y) for x, y in self._chunks())
         return self._count(predicted, max_loss, must_beat, start)
 
     def _count(
         self,
-        predicted: Iterator[tuple[np.ndarray, np.ndarray]],
+        predicted: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
         max_loss: float | None,
         must_beat: float | None,
         start: float,
     ) -> Evaluation:
-        """The loss from (predicted classes, labels) chunks, stopping once the answer is settled.
+        """The loss from (predicted classes, outputs, labels) chunks, stopping once the answer is settled.
 
         Counts ``L`` (float right, quantized wrong) and ``G`` (float wrong, quantized right). After
         each chunk: if even the best completion (no further loss, every remaining float-wrong sample
@@ -166,7 +175,9 @@ class KerasEvaluator:
         """
         total, test = len(self.data), self.acceptance
         losses = gains = seen = float_seen = 0
-        for classes, y in predicted:
+        noise = 0.0
+        for classes, scores, y in predicted:
+            noise += output_noise(scores, self.float_scores[seen : seen + len(y)])
             right = self.float_right[seen : seen + len(y)]
             quantized_right = classes == y
             losses += int(np.sum(right & ~quantized_right))
@@ -191,6 +202,7 @@ class KerasEvaluator:
                         None if test.criterion == "paper" else best,
                         losses,
                         gains,
+                        noise / seen,
                     )
         loss = relative_loss(self.float_correct, self.float_correct - losses + gains)
         bound = (
@@ -205,7 +217,22 @@ class KerasEvaluator:
             bound,
             losses,
             gains,
+            noise / max(seen, 1),
         )
+
+
+#: A row of outputs that is not finite (an overflowing format) counts as this squared distance.
+NON_FINITE_NOISE = 1e6
+
+
+def output_noise(scores: np.ndarray, reference: np.ndarray) -> float:
+    """The summed squared distance between each row of ``scores`` and of ``reference`` (the float
+    model's outputs); a row with a NaN or inf counts ``NON_FINITE_NOISE``."""
+    diff = scores.astype(np.float64).reshape(len(scores), -1) - reference.astype(np.float64).reshape(
+        len(reference), -1
+    )
+    rows = np.sum(diff * diff, axis=1)
+    return float(np.sum(np.where(np.isfinite(rows), rows, NON_FINITE_NOISE)))
 
 
 def input_spec(tensors: list[keras.KerasTensor], dtype: tf.DType | None = None) -> list[tf.TensorSpec]:
@@ -229,13 +256,14 @@ def predicted_classes(scores: tf.Tensor) -> tf.Tensor:
     return tf.where(finite, classes, tf.constant(NO_CLASS, classes.dtype))
 
 
-def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tf.Tensor]:
-    """One traced forward function returning top-1 classes; reused for every format."""
+def _compiled_argmax(qmodel: QuantizedModel) -> Callable[[np.ndarray], tuple[tf.Tensor, tf.Tensor]]:
+    """One traced forward function returning top-1 classes and the outputs; reused for every format."""
     model = qmodel.keras_model
 
     @tf.function(input_signature=input_spec(model.inputs, tf.float32))  # batches are float32
-    def predict(x: tf.Tensor) -> tf.Tensor:
-        return predicted_classes(model(x, training=False))
+    def predict(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        scores = model(x, training=False)
+        return predicted_classes(scores), scores
 
     return predict
 

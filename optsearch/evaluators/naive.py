@@ -19,7 +19,7 @@ from optsearch.core.errors import DataError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import ActivationPoint, TensorId
 from optsearch.data import Dataset, Preprocess, batches
-from optsearch.evaluators.keras import predicted_classes
+from optsearch.evaluators.keras import output_noise, predicted_classes
 from optsearch.methods.evaluator import Evaluation, relative_loss
 from optsearch.model.graph import quantized_model
 from optsearch.settings import DEFAULT_BATCH_SIZE
@@ -51,7 +51,8 @@ class NaiveEvaluator:
         self.samples = len(data)
         self.evaluations = 0
         self.acceptance = acceptance or AcceptanceTest("paper")
-        self.float_right = self._predict(model) == data.y
+        classes, self.float_scores = self._predict(model)
+        self.float_right = classes == data.y
         self.float_correct = int(np.sum(self.float_right))
         if self.float_correct == 0:
             raise DataError(
@@ -63,13 +64,15 @@ class NaiveEvaluator:
     def float_accuracy(self) -> float:
         return self.float_correct / self.samples
 
-    def _predict(self, model: keras.Model) -> np.ndarray:
-        """Top-1 classes of ``model`` for every sample, in order, one preprocessed batch at a time."""
-        parts = [
-            predicted_classes(model.predict(x, batch_size=self.batch_size, verbose=0)).numpy()
-            for x, _ in batches(self.data, self.batch_size, self.preprocess)
-        ]
-        return np.concatenate(parts).astype(np.int64)
+    def _predict(self, model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 classes and outputs of ``model`` for every sample, in order, one preprocessed batch
+        at a time."""
+        classes, scores = [], []
+        for x, _ in batches(self.data, self.batch_size, self.preprocess):
+            out = model.predict(x, batch_size=self.batch_size, verbose=0)
+            classes.append(predicted_classes(out).numpy())
+            scores.append(np.asarray(out))
+        return np.concatenate(classes).astype(np.int64), np.concatenate(scores)
 
     def evaluate(
         self,
@@ -88,7 +91,9 @@ class NaiveEvaluator:
         # ``predict`` on a GPU, and a fused op may round differently by an ulp, enough to move a value
         # across a quantization step.
         qmodel.keras_model.jit_compile = False
-        right = self._predict(qmodel.keras_model) == self.data.y
+        classes, scores = self._predict(qmodel.keras_model)
+        right = classes == self.data.y
+        noise = output_noise(scores, self.float_scores) / self.samples
         losses, gains = int(np.sum(self.float_right & ~right)), int(np.sum(~self.float_right & right))
         correct = int(np.sum(right))
         loss = relative_loss(self.float_correct, correct)
@@ -99,5 +104,5 @@ class NaiveEvaluator:
             else test.statistic(losses, gains, self.float_correct, self.samples)
         )
         return Evaluation(
-            loss, correct, self.samples, True, time.perf_counter() - start, bound, losses, gains
+            loss, correct, self.samples, True, time.perf_counter() - start, bound, losses, gains, noise
         )

@@ -37,6 +37,10 @@ class Evaluation:
     """Samples the float model gets right and the quantized network wrong (``L``), when counted."""
     gains: int | None = None
     """Samples the float model gets wrong and the quantized network right (``G``), when counted."""
+    noise: float | None = None
+    """Mean over the samples evaluated of the squared distance between the network's outputs and the
+    float model's (the quantization noise power at the output), when measured; over the samples
+    seen only when ``exact`` is False."""
 
     @property
     def statistic(self) -> float:

@@ -16,11 +16,12 @@ from optsearch.core.errors import OptsearchError
 from optsearch.core.fixedpoint import PRUNED_BW, Format, OffsetRule, start_format
 from optsearch.core.tensors import KIND_NAMES, TENSOR_KINDS, TensorId, TensorKind
 from optsearch.methods.evaluator import Evaluation, Evaluator, eval_acc_loss
+from optsearch.methods.knapsack import OBJECTIVES, Objective
 
 LayerOrder = Literal["forward", "reverse"]
 LAYER_ORDERS: tuple[LayerOrder, ...] = ("forward", "reverse")
-Method = Literal["paper", "analytic"]
-METHODS: tuple[Method, ...] = ("paper", "analytic")
+Method = Literal["paper", "analytic", "pareto"]
+METHODS: tuple[Method, ...] = ("paper", "analytic", "pareto")
 WarmStart = Literal["none", "analytic"]
 WARM_STARTS: tuple[WarmStart, ...] = ("none", "analytic")
 #: ``--warm-start analytic``: each tensor's diagonal starts this many bits above its noise-gain-
@@ -62,7 +63,10 @@ class SearchSettings:
     (``methods.certify``); 0 = off."""
     method: Method = "paper"
     """``paper``: search (Alg. 2). ``analytic``: no search, noise-gain-equalised precisions whose
-    predicted mismatch bound fits ``eps * a`` (``core.analytic``, issue 23)."""
+    predicted mismatch bound fits ``eps * a`` (``core.analytic``, issue 23). ``pareto``: sensitivity
+    curves, the cheapest formats predicted within eps, verified and repaired (``methods.pareto``)."""
+    objective: Objective = "memory"
+    """What ``pareto`` minimises: memory, weights, activations or bops (``methods.knapsack``)."""
     warm_start: WarmStart = "none"
     """``none``: every diagonal starts at BW0 (Alg. 2). ``analytic``: the runner passes each tensor's
     noise-gain-predicted precision plus ``WARM_START_MARGIN`` as ``opt_search``'s ``start_bits``;
@@ -96,11 +100,26 @@ class SearchSettings:
                 "method analytic makes no decisions to give bits back to: leave certify fraction at 0, "
                 f"got {self.certify_fraction}"
             )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective != "memory" and self.method != "pareto":
+            raise ValueError(
+                f"objective {self.objective} is what method pareto minimises; method {self.method} "
+                "minimises bits tensor by tensor: use --method pareto or leave the objective at memory"
+            )
+        if self.method == "pareto" and self.certify_fraction > 0:
+            raise ValueError(
+                "method pareto verifies and repairs the whole network itself: leave certify fraction at 0, "
+                f"got {self.certify_fraction}"
+            )
+        if self.method == "pareto" and self.independent:
+            raise ValueError("method pareto allocates over the whole network: leave independent off")
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm start must be one of {WARM_STARTS}, got {self.warm_start!r}")
-        if self.warm_start == "analytic" and self.method == "analytic":
+        if self.warm_start == "analytic" and self.method != "paper":
             raise ValueError(
-                "warm start analytic starts a search: method analytic does not search; use one or the other"
+                f"warm start analytic starts Alg. 2's diagonals: method {self.method} has none; "
+                "use one or the other"
             )
         if self.warm_start == "analytic" and self.independent:
             raise ValueError(

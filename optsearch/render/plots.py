@@ -48,3 +48,43 @@ def plot_loss_steps(result: RunResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_pareto(result: RunResult, path: Path) -> None:
+    """``--method pareto``: the predicted front (loss against memory saving vs 8-bit), the front points
+    the verification measured, and the final network, with the budget."""
+    p = result.pareto
+    if p is None:
+        return
+    base = result.costs["uniform8"].memory_bits_total
+    saving = [100 * (1 - point["memory_bits"] / base) for point in p.front]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if p.scale is not None:
+        predicted = [100 * point["predicted_loss"] for point in p.front]
+        ax.plot(saving, predicted, marker=".", label="predicted front (curves, knapsack)")
+    checked = [(s, pt["measured_statistic"]) for s, pt in zip(saving, p.front, strict=True)]
+    checked = [(s, 100 * m) for s, m in checked if m is not None]
+    if checked:
+        ax.scatter(
+            *zip(*checked, strict=True),
+            marker="x",
+            color="black",
+            zorder=3,
+            label="front point measured (acceptance statistic)",
+        )
+    ax.scatter(
+        [100 * result.savings("uniform8")["memory"]],
+        [100 * result.accuracy["search"].quantized_loss],
+        color="red",
+        zorder=4,
+        label="final network (loss on the search set)",
+    )
+    ax.axhline(100 * result.eps, color="grey", linestyle="--", label="budget eps")
+    ax.set_xlabel("memory saving vs uniform 8-bit (%)")
+    ax.set_ylabel("relative accuracy loss (%)")
+    ax.set_title(f"{result.model.name}: the front of --method pareto ({p.objective})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -91,6 +91,7 @@ def report_markdown(result: RunResult) -> str:
         f"- acceptance: {s.acceptance.describe()}",
         f"- {result.evaluations} evaluations, {result.timings['total_seconds']:.1f} s in total",
         *_analytic_lines(result),
+        *_pareto_lines(result),
         *_fold_lines(result),
         "",
         "## Formats",
@@ -237,6 +238,84 @@ def _analytic_lines(result: RunResult) -> list[str]:
         f"predicted mismatch bound {_pct(a.bound)} (budget {_pct(a.budget)}, B_min {a.b_min}) against "
         f"the measured loss {_pct(result.accuracy['search'].quantized_loss)} on the search set"
     ]
+
+
+def _pareto_lines(result: RunResult) -> list[str]:
+    """``--method pareto``: where the curves came from, the front points measured against their
+    prediction, and what refinement changed."""
+    p = result.pareto
+    if p is None:
+        return []
+    front = [s for s in p.steps if s["action"] == "front"]
+    refines = [s for s in p.steps if s["action"] == "refine"]
+    curves = (
+        f"curves from `{p.curves_from}` (not measured again)"
+        if p.curves_from
+        else f"{len(p.curves)} curves measured ({p.curve_evaluations} evaluations)"
+    )
+    measured = ", ".join(
+        f"{_flips(p.scale, s['predicted'])} -> {'>= ' if not s['exact'] else ''}{_pct(s['statistic'])}"
+        for s in front
+    )
+    chosen = "?" if p.predicted is None else f"{p.predicted:.1f}"
+    return [
+        f"- method pareto (not Alg. 2): {curves}, reach {_pct(p.reach)}; minimising {p.objective}; eps "
+        f"lets {p.capacity} flipped samples through; front points measured (predicted flips -> "
+        f"statistic): {measured}; the cheapest passing one predicted at {chosen}; "
+        f"{sum(s['accepted'] for s in refines)} of {len(refines)} refinements kept "
+        f"(pareto.csv: the predicted front)"
+    ]
+
+
+def _flips(scale: float | None, power: float) -> str:
+    """A noise power as the flips it predicts, ``?`` without a scale."""
+    return "?" if scale is None else f"{scale * power**0.5:.1f}"
+
+
+def pareto_csv(result: RunResult) -> str | None:
+    """``--method pareto``: one row per point of the predicted front (None for other methods), with
+    the statistic measured where the verification evaluated it; memory saving against uniform 8-bit."""
+    p = result.pareto
+    if p is None:
+        return None
+    base = result.costs["uniform8"].memory_bits_total
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "capacity_power",
+            "predicted_power",
+            "predicted_flips",
+            "predicted_loss",
+            "predicted_statistic",
+            "objective",
+            "cost",
+            "memory_bits",
+            "memory_saving_vs_8bit",
+            "measured_statistic",
+        ]
+    )
+    for point in p.front:
+        measured = point["measured_statistic"]
+        writer.writerow(
+            [
+                f"{point['capacity']:.6g}",
+                f"{point['predicted_power']:.6g}",
+                _number(point["predicted_flips"], ".4g"),
+                _number(point["predicted_loss"], ".6g"),
+                _number(point["predicted_statistic"], ".6g"),
+                p.objective,
+                f"{point['cost']:.8g}",
+                f"{point['memory_bits']:.8g}",
+                f"{1 - point['memory_bits'] / base:.6g}",
+                _number(measured, ".6g"),
+            ]
+        )
+    return out.getvalue()
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def _budget_lines(result: RunResult) -> list[str]:

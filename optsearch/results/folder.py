@@ -24,6 +24,9 @@ REPORT_FILE = "report.md"
 LOG_FILE = "search_log.jsonl"
 BITWIDTHS_PLOT = "bitwidths.png"
 LOSS_PLOT = "loss_steps.png"
+#: ``--method pareto``: the predicted front (one row per capacity) and its plot.
+PARETO_CSV = "pareto.csv"
+PARETO_PLOT = "pareto.png"
 #: The quantized Keras model a run writes into its output folder.
 MODEL_FILE = "quantized.keras"
 #: ``--fold-bn`` runs that folded something: the float model with the BatchNorms folded, which the

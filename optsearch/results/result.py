@@ -260,6 +260,35 @@ class AnalyticRecord:
 
 
 @dataclass(frozen=True)
+class ParetoRecord:
+    """What ``--method pareto`` measured and decided (``methods.pareto``), as JSON data: every
+    tensor's sensitivity curve, the allocation's capacity and prediction, each verification, repair
+    and refinement step, and the predicted front (one point per capacity, in flipped samples)."""
+
+    objective: str
+    reach: float
+    """The statistic up to which the curves were measured: budgets up to it are answered from them."""
+    capacity: int
+    """``K``: the most flipped samples the acceptance test lets through at eps."""
+    predicted: float | None
+    """The predicted flips of the front point the verification chose (before refinement); None when
+    no curve point flips a sample (no scale from noise power to flips)."""
+    curve_evaluations: int
+    """Evaluations this run spent on curves (0 when they came from another result)."""
+    curves: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    scale: float | None = None
+    """Flips per square root of output noise power, from the curves (``methods.pareto.flip_scale``)."""
+    curves_from: str | None = None
+    """The result folder the curves were read from (``optsearch pareto``), or None."""
+
+    @property
+    def adjust_evaluations(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True)
 class RunResult:
     """Everything a run found and measured; rendered to formats.json, formats.csv, report.md, plots."""
 
@@ -280,6 +309,8 @@ class RunResult:
     log: list[str] = field(default_factory=list)
     analytic: AnalyticRecord | None = None
     """``--method analytic``'s prediction; None for a search (and files before issue 23)."""
+    pareto: ParetoRecord | None = None
+    """``--method pareto``'s curves, steps and front; None for the other methods."""
 
     @property
     def formats(self) -> dict[TensorId, Format]:
@@ -348,6 +379,7 @@ class RunResult:
             "log": self.log,
             "savings": {"vs_uniform8": self.savings("uniform8"), "vs_float32": self.savings("float32")},
             **({} if self.analytic is None else {"analytic": asdict(self.analytic)}),
+            **({} if self.pareto is None else {"pareto": asdict(self.pareto)}),
         }
 
     @classmethod
@@ -404,6 +436,7 @@ class RunResult:
             schema=data["schema"],
             log=data.get("log", []),
             analytic=AnalyticRecord(**data["analytic"]) if "analytic" in data else None,
+            pareto=ParetoRecord(**data["pareto"]) if "pareto" in data else None,
         )
 
 

@@ -63,11 +63,13 @@ from optsearch.results.result import (
     DataInfo,
     LayerResult,
     ModelInfo,
+    ParetoRecord,
     RunResult,
     TensorResult,
 )
 from optsearch.run.inputs import Inputs, prepare
 from optsearch.run.outdir import check_out_dir, partial_dir, work_dir
+from optsearch.run.pareto_run import CURVES_FILE, StoredCurves, pareto_stage
 from optsearch.run.resume import (
     DECISIONS_FILE,
     REQUEST_FILE,
@@ -138,13 +140,15 @@ def run(
     resume: bool = False,
     echo: Echo = print,
     dataset: Dataset | None = None,
+    stored: StoredCurves | None = None,
 ) -> RunResult:
     """Search the formats of ``settings.model`` and write formats, report, plots, model, log to ``out``.
 
     Everything is written into ``<out>.partial`` and renamed to ``out`` at the end. With ``resume``
     the decisions recorded there by an interrupted run are applied, not searched again; the
     fingerprint of the run (settings, model, data, versions) must match. ``dataset`` replaces the
-    data that ``settings.data`` names (the Python API's arrays).
+    data that ``settings.data`` names (the Python API's arrays). ``stored``: the curves of an earlier
+    ``--method pareto`` result, used instead of measuring them (``optsearch pareto``).
     """
     started = time.perf_counter()
     check_out_dir(out, overwrite, resume)
@@ -162,6 +166,28 @@ def run(
         if settings.search.method == "analytic":
             searched, record = analytic_stage(prepared, settings, tmp, echo)
             result = replace(measure(prepared, settings, searched, started), analytic=record)
+        elif settings.search.method == "pareto":
+            write_request(tmp, fingerprint)
+            try:
+                found = pareto_stage(
+                    prepared.qmodel,
+                    prepared.evaluator,
+                    prepared.magnitudes,
+                    settings.search,
+                    settings.input_bits,
+                    prepared.evaluator.samples,
+                    tmp,
+                    echo,
+                    resume=resume,
+                    stored=stored,
+                    recorded=recorded,
+                )
+            except KeyboardInterrupt as err:
+                total = len(prepared.qmodel.tensors)
+                raise RunInterrupted(recorded[0], total, tmp, recorded[0] > 0) from err
+            outcome = SearchOutcome(found.decisions, found.evaluations, found.seconds)
+            searched = Searched(outcome, found.log, found.seconds, None)
+            result = measure(prepared, settings, searched, started, pareto=found.record)
         else:
             start_bits, warm_note, warm_seconds = None, None, 0.0
             if settings.search.warm_start == "analytic":
@@ -176,7 +202,7 @@ def run(
             certification = certify_stage(prepared, settings, searched, echo)
             result = measure(prepared, settings, searched, started, certification)
         write_result(result, prepared, tmp)
-        for name in (REQUEST_FILE, DECISIONS_FILE):
+        for name in (REQUEST_FILE, DECISIONS_FILE, CURVES_FILE):
             (tmp / name).unlink(missing_ok=True)
     return result
 
@@ -551,8 +577,10 @@ def measure(
     searched: Searched,
     started: float,
     certification: Certification | None = None,
+    pareto: ParetoRecord | None = None,
 ) -> RunResult:
-    """Accuracy of the found formats and of uniform 8-bit on every data part, and the costs."""
+    """Accuracy of the found formats and of uniform 8-bit on every data part, and the costs.
+    ``pareto``: ``--method pareto``'s record (its verification steps are the run's steps)."""
     inputs, qmodel, search_eval = prepared.inputs, prepared.qmodel, prepared.evaluator
     timings = {"setup_seconds": prepared.setup_seconds, "search_seconds": searched.seconds}
     if searched.seconds_before_resume is not None:
@@ -560,7 +588,11 @@ def measure(
     t0 = time.perf_counter()
     outcome = searched.outcome
     found = outcome.formats if certification is None else certification.formats
-    steps = _steps(outcome.decisions, search_eval, settings.search.independent)
+    steps = (
+        _steps(outcome.decisions, search_eval, settings.search.independent)
+        if pareto is None
+        else _pareto_steps(pareto)
+    )
     uniform8 = uniform_formats(qmodel, UNIFORM_BW, prepared.ranges, settings.search.offset_rule)
     accuracy = {"search": _accuracy(search_eval, found, uniform8)}
     for part, data in (("certify", prepared.certify_set), ("held_out", inputs.held_out)):
@@ -591,10 +623,12 @@ def measure(
         costs=_costs(qmodel, found, settings.input_bits, settings.activation_point),
         steps=steps,
         # Every decision's evaluations, also those made before a resume (the same as one run).
-        evaluations=sum(d.evaluations for d in outcome.decisions),
+        evaluations=sum(d.evaluations for d in outcome.decisions)
+        + (0 if pareto is None else pareto.adjust_evaluations),
         timings={**timings, "forward_passes": float(search_eval.passes)},
         versions=versions(),
         log=searched.log,
+        pareto=pareto,
     )
 
 
@@ -707,6 +741,17 @@ def _steps(
             {"tensor": str(decision.tensor), "bw": decision.fmt.bw, "f": decision.fmt.f, "loss": loss}
         )
     return steps
+
+
+def _pareto_steps(record: ParetoRecord) -> list[dict[str, Any]]:
+    """``--method pareto``: the whole network's loss at each verification step (the first one, then
+    every rung moved, refinements refused included, as they were tried)."""
+    out = []
+    for step in record.steps:
+        tensor = step["tensor"] or "allocation"
+        bw, f = step["after"] if step["after"] else (None, None)
+        out.append({"tensor": f"{step['action']} {tensor}", "bw": bw, "f": f, "loss": step["loss"]})
+    return out
 
 
 def _accuracy(
