@@ -302,9 +302,9 @@ class _Adjuster:
         return result is not None and result.exact and result.accepted(self.eps)
 
     def bisect(self, frontier: Sequence[FrontPoint], nominal: float | None) -> FrontPoint:
-        """The cheapest front point that passes, by bisection from the one at the ``nominal`` power
-        (the middle without one; the front's cost falls as its capacity grows); the most careful
-        point when none passes."""
+        """The cheapest front point that passes (the front's cost falls as its capacity grows), from
+        the one at the ``nominal`` power (the middle without one), bracketing and then narrowing by
+        ``_next_index``; the most careful point when none passes."""
         results: dict[int, Evaluation] = {}
 
         def check(i: int) -> bool:
@@ -318,22 +318,42 @@ class _Adjuster:
             start = len(frontier) // 2
         else:
             start = max((i for i, p in enumerate(frontier) if p.capacity <= nominal * (1 + 1e-9)), default=0)
-        if check(start):
-            good, bad = start, len(frontier)
-        else:
-            good, bad = -1, start
-            if start > 0 and check(0):
-                good = 0
-        while bad - good > 1 and good >= 0:
-            mid = (good + bad) // 2
-            if check(mid):
-                good = mid
+        good, bad = (start, len(frontier)) if check(start) else (-1, start)
+        while bad - good > 1:
+            i = self._next_index(frontier, results, good, bad)
+            if check(i):
+                good = i
             else:
-                bad = mid
-        best = max(good, 0)
-        self._set(frontier[best].formats)
-        self.final = results[best]
-        return frontier[best]
+                bad = i
+        if good < 0:  # nothing passed: the most careful point, measured
+            check(0)
+            good = 0
+        self._set(frontier[good].formats)
+        self.final = results[good]
+        return frontier[good]
+
+    def _next_index(
+        self, frontier: Sequence[FrontPoint], results: Mapping[int, Evaluation], good: int, bad: int
+    ) -> int:
+        """The next front point to measure, strictly between ``good`` (passes, or -1) and ``bad``
+        (fails, or past the end): where the measured statistics put eps, the statistic taken to grow
+        with the square root of the power (flips with the noise amplitude) through the nearest
+        measured point, or as a line in log-log between two (the middle without a measurement).
+        """
+        measured = [(frontier[i].capacity, results[i].statistic) for i in (good, bad) if i in results]
+        measured = [(c, st) for c, st in measured if c > 0 and st > 0]
+        target: float | None = None
+        if len(measured) == 2 and measured[0][1] != measured[1][1]:
+            (c0, s0), (c1, s1) = measured
+            slope = math.log(c1 / c0) / math.log(s1 / s0)
+            target = c0 * (self.eps / s0) ** slope
+        elif measured:
+            c0, s0 = measured[0]
+            target = c0 * (self.eps / s0) ** 2
+        inside = range(good + 1, bad)
+        if target is None or not math.isfinite(target) or target <= 0:
+            return (good + bad) // 2
+        return min(inside, key=lambda i: abs(math.log(frontier[i].capacity / target)))
 
     def weight(self, tensor: TensorId, position: int | None = None) -> float:
         return self.ladders[tensor][self.position[tensor] if position is None else position].weight
