@@ -125,3 +125,24 @@ def test_resume_after_an_interruption_keeps_the_measured_curves(
     measured = [c for c in data["pareto"]["curves"] if c["evaluations"]]
     assert data["pareto"]["curve_evaluations"] == sum(c["evaluations"] for c in measured)
     assert "2 of" in again.output  # the two curves of the first attempt were not measured again
+
+
+def test_a_batch_eps_sweep_measures_the_curves_once(files: dict[str, Path], tmp_path: Path) -> None:
+    jobs = tmp_path / "sweep.yaml"
+    jobs.write_text(
+        f"out: {tmp_path / 'runs'}\n"
+        "defaults: {criterion: paper, search_fraction: 1.0, method: pareto}\n"
+        f"jobs:\n  - model: {files['model']}\n    data: {files['data']}\n    eps: [0.1, 0.05]\n"
+    )
+    ran = _run("batch", jobs)
+    assert ran.exit_code == 0, ran.output
+    results = {
+        p.name: json.loads((p / "formats.json").read_text())
+        for p in (tmp_path / "runs").iterdir()
+        if (p / "formats.json").is_file()
+    }
+    assert len(results) == 2
+    first, second = sorted(results.values(), key=lambda r: -r["settings"]["eps"])
+    assert first["pareto"]["curve_evaluations"] > 0 and first["pareto"]["curves_from"] is None
+    assert second["pareto"]["curve_evaluations"] == 0 and second["pareto"]["curves_from"]
+    assert second["pareto"]["curves"] == first["pareto"]["curves"]

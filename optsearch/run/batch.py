@@ -280,6 +280,7 @@ def execute(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _output_to(log) as logged:
         try:
+            from optsearch.run.pareto_run import reusable_curves
             from optsearch.run.runner import run
 
             settings = run_settings(job.values)
@@ -294,7 +295,12 @@ def execute(
                     if resume
                     else f"discarding {partial_dir(job.folder)}: it was started with other settings"
                 )
-            run(settings, job.folder, overwrite=overwrite, resume=resume, echo=echo or logged)
+            stored = None if resume else reusable_curves(settings, job.folder)
+            if stored is not None:
+                (echo or logged)(
+                    f"--method pareto: the curves of {stored.source} answer eps {job.values['eps']:g}"
+                )
+            run(settings, job.folder, overwrite=overwrite, resume=resume, echo=echo or logged, stored=stored)
             return "done", "", time.perf_counter() - started
         except OptsearchError as err:
             return "failed", str(err), time.perf_counter() - started

@@ -19,6 +19,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from optsearch.core.confidence import AcceptanceTest
+from optsearch.core.files import sha256
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.evaluators.engine import CachedEvaluator
@@ -27,9 +28,10 @@ from optsearch.methods.opt_search import SearchSettings, TensorDecision, search_
 from optsearch.methods.pareto import AdjustStep, FrontPoint, ParetoOutcome, pareto_search
 from optsearch.methods.sensitivity import CURVE_REACH, START_BW, Curve, CurvePoint, measure_curves
 from optsearch.model.graph import QuantizedModel
-from optsearch.results.folder import LOG_FILE
+from optsearch.results.folder import FORMATS_FILE, LOG_FILE, ResultError, ResultFolder
 from optsearch.results.result import ParetoRecord
 from optsearch.run.resume import append_line
+from optsearch.settings import RunSettings
 
 CURVES_FILE = "curves.jsonl"
 
@@ -46,6 +48,33 @@ class StoredCurves:
     def of(cls, record: ParetoRecord, source: str) -> StoredCurves:
         curves = {c.tensor: c for c in (Curve.from_dict(d) for d in record.curves)}
         return cls(curves, source, record.reach)
+
+
+def reusable_curves(settings: RunSettings, out: Path) -> StoredCurves | None:
+    """The curves of a finished ``--method pareto`` result beside ``out`` that answer ``settings``
+    (same model file by sha256, same data and settings but eps, a reach of at least this eps), the
+    one reaching furthest; None when there is none. A batch's eps sweep measures its curves once."""
+    if settings.search.method != "pareto" or not out.parent.is_dir() or not settings.model.is_file():
+        return None
+    model_sha = sha256(settings.model)
+    found: list[tuple[float, str, ParetoRecord]] = []
+    for folder in sorted(out.parent.iterdir()):
+        if folder == out or not (folder / FORMATS_FILE).is_file():
+            continue
+        try:
+            result = ResultFolder.at(folder).read()
+        except ResultError:
+            continue
+        record = result.pareto
+        if record is None or record.reach < settings.search.eps or result.model.sha256 != model_sha:
+            continue
+        if settings.with_search(eps=result.eps).differences(result.settings):
+            continue
+        found.append((record.reach, str(folder), record))
+    if not found:
+        return None
+    _, source, record = max(found, key=lambda f: f[0])
+    return StoredCurves.of(record, source)
 
 
 @dataclass(frozen=True)
