@@ -34,15 +34,19 @@ from optsearch.core.errors import OptsearchError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.methods.evaluator import Evaluation, Evaluator
-from optsearch.methods.knapsack import Choice, CostModel, front
+from optsearch.methods.knapsack import Choice, CostModel, allocate, front
 from optsearch.methods.sensitivity import Curve
 
 #: Rungs above a curve's highest measured point, each predicted at a quarter of the noise power of
 #: the one below: the knapsack may go there when the measured points are not careful enough.
 VIRTUAL_RUNGS = 4
-#: Refinement takes at most this many evaluations per tensor (the front's bisection comes on top:
-#: a few evaluations).
-REFINE_PER_TENSOR = 0.5
+#: Verification and refinement together take at most this many evaluations per tensor (at least
+#: ``MIN_ADJUST``): the front's bracketing first, then up to ``BETWEEN`` allocations at capacities
+#: between the last passing and failing points, then refinement with what is left. A second budget
+#: from stored curves then costs about a tenth of a run that measures them.
+ADJUST_PER_TENSOR = 0.55
+MIN_ADJUST = 8
+BETWEEN = 2
 #: The front: capacities on a geometric grid of ``FRONT_POINTS`` from the most careful allocation to
 #: the cheapest, the latter at most ``FRONT_SPAN`` times the capacity at the curves' reach.
 FRONT_SPAN = 4.0
@@ -245,12 +249,18 @@ def pareto_search(
     nominal = None if scale is None else (max(k, 1) / scale) ** 2
     if nominal is not None and grid[0] < nominal < grid[-1]:
         grid = sorted({*grid, nominal})
-    frontier = pareto_front(curves, model, grid, bw_cap)
+    frontier = list(pareto_front(curves, model, grid, bw_cap))
     if not frontier:
         raise ParetoError("no allocation of the curves' formats exists: every tensor's curve is empty")
     ladders = {t: ladder(c, bw_cap) for t, c in curves.items()}
     adjuster = _Adjuster(evaluator, ladders, model, eps, on_step)
-    chosen = adjuster.bisect(frontier, nominal)
+    options = choices(curves, bw_cap)
+
+    def solve(c: float) -> FrontPoint | None:
+        found = allocate(options, c, model)
+        return None if found is None else FrontPoint(c, found.weight, found.cost, found.formats)
+
+    chosen = adjuster.bisect(frontier, nominal, solve)
     if not adjuster.passes(adjuster.final):
         assert adjuster.final is not None
         raise ParetoError(
@@ -258,7 +268,7 @@ def pareto_search(
             f"{'' if adjuster.final.exact else 'at least '}{adjuster.final.statistic:.3%} > eps "
             f"{eps:.3%} on the whole network: give a larger --eps or use --method paper"
         )
-    adjuster.refine(len(adjuster.steps) + max(4, math.ceil(REFINE_PER_TENSOR * len(curves))))
+    adjuster.refine(max(MIN_ADJUST, math.ceil(ADJUST_PER_TENSOR * len(curves))))
     assert adjuster.final is not None
     return ParetoOutcome(
         k,
@@ -267,7 +277,7 @@ def pareto_search(
         dict(adjuster.formats),
         adjuster.final,
         tuple(adjuster.steps),
-        frontier,
+        tuple(frontier),
         adjuster.measured,
     )
 
@@ -301,10 +311,17 @@ class _Adjuster:
     def passes(self, result: Evaluation | None) -> bool:
         return result is not None and result.exact and result.accepted(self.eps)
 
-    def bisect(self, frontier: Sequence[FrontPoint], nominal: float | None) -> FrontPoint:
+    def bisect(
+        self,
+        frontier: list[FrontPoint],
+        nominal: float | None,
+        solve: Callable[[float], FrontPoint | None],
+    ) -> FrontPoint:
         """The cheapest front point that passes (the front's cost falls as its capacity grows), from
         the one at the ``nominal`` power (the middle without one), bracketing and then narrowing by
-        ``_next_index``; the most careful point when none passes."""
+        ``_next_index``; then up to ``BETWEEN`` allocations (``solve``) at capacities between the
+        last passing and failing points, inserted into ``frontier``. The most careful point when
+        none passes."""
         results: dict[int, Evaluation] = {}
 
         def check(i: int) -> bool:
@@ -328,6 +345,14 @@ class _Adjuster:
         if good < 0:  # nothing passed: the most careful point, measured
             check(0)
             good = 0
+        for _ in range(BETWEEN if self.passes(results[good]) and bad < len(frontier) else 0):
+            point = solve(math.sqrt(frontier[good].capacity * frontier[bad].capacity))
+            if point is None or point.formats in (frontier[good].formats, frontier[bad].formats):
+                break
+            frontier.insert(bad, point)  # between the two: indices from bad on move up by one
+            results = {i + (i >= bad): r for i, r in results.items()}
+            if check(bad):  # else the new point is the failing one: ``bad`` already names it
+                good, bad = bad, bad + 1
         self._set(frontier[good].formats)
         self.final = results[good]
         return frontier[good]
