@@ -170,7 +170,7 @@ def partial(draw: st.DrawFn) -> tuple[int, int, int, int, int, int]:
     return losses, gains, float_correct, float_correct + float_wrong, unseen_correct, unseen_wrong
 
 
-@given(partial(), confidences, st.sampled_from(["guarded", "paper"]))
+@given(partial(), confidences, st.sampled_from(["guarded", "losses", "paper"]))
 def test_best_case_is_the_smallest_statistic_of_every_completion(
     p: tuple[int, int, int, int, int, int], confidence: float, criterion: str
 ) -> None:
@@ -193,7 +193,9 @@ outcomes = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_siz
 )
 
 
-@given(outcomes, st.floats(-0.2, 0.6), confidences, st.sampled_from(["guarded", "paper"]), st.booleans())
+@given(
+    outcomes, st.floats(-0.2, 0.6), confidences, st.sampled_from(["guarded", "losses", "paper"]), st.booleans()
+)
 def test_early_rejection_never_stops_a_candidate_the_full_evaluation_accepts(
     pairs: list[tuple[bool, bool]], budget: float, confidence: float, criterion: str, wrong_first: bool
 ) -> None:
@@ -376,7 +378,7 @@ def test_confidence_inside_is_kept() -> None:
 
 
 def test_unknown_criterion_is_refused() -> None:
-    with pytest.raises(CriterionError, match=r"--criterion must be one of guarded, paper, got 'strict'"):
+    with pytest.raises(CriterionError, match=r"--criterion must be one of guarded, losses, paper, got 'strict'"):
         AcceptanceTest("strict")  # type: ignore[arg-type]
 
 
@@ -396,6 +398,26 @@ def test_impossible_partial_counts_are_refused() -> None:
         best_case_upper_bound(5, 0, 10, 20, 6, 0, 0.95)  # 5 losses among 4 float-correct seen
     with pytest.raises(ValueError, match="do not fit"):
         AcceptanceTest("paper").best_case(0, 0, 10, 20, 11, 0)
+
+
+@given(counts(), confidences)
+def test_the_losses_criterion_is_the_guarded_bound_without_gains(
+    c: tuple[int, int, int, int], confidence: float
+) -> None:
+    losses, gains, float_correct, samples = c
+    strict, guarded = AcceptanceTest("losses", confidence), AcceptanceTest("guarded", confidence)
+    assert strict.statistic(losses, gains, float_correct, samples) == guarded.statistic(
+        losses, 0, float_correct, samples
+    )
+    assert strict.statistic(losses, gains, float_correct, samples) >= guarded.statistic(
+        losses, gains, float_correct, samples
+    )
+    assert strict.bound(losses, gains, float_correct, samples) == strict.statistic(
+        losses, 0, float_correct, samples
+    )
+    assert strict.certifiable_loss(samples, float_correct / samples) == guarded.certifiable_loss(
+        samples, float_correct / samples
+    )
 
 
 def test_acceptance_and_certifiable_loss_per_criterion() -> None:

@@ -122,7 +122,7 @@ def test_run_help_says_how_much_data_a_budget_needs() -> None:
     assert result.exit_code == 0
     assert "How much data a budget needs" in result.output
     assert "500      0.603%" in result.output and "50,000" in result.output
-    assert "--criterion [guarded|paper]" in result.output and "--confidence" in result.output
+    assert "--criterion [guarded|losses|paper]" in result.output and "--confidence" in result.output
 
 
 def test_certification_tests_the_final_network_on_samples_no_decision_saw(

@@ -411,9 +411,10 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         DEFAULT_CRITERION,
         "How a candidate's loss is tested against its budget. guarded: the upper confidence bound "
         "(--confidence) of its true loss must fit, so that eps holds on data the search never saw "
-        "(docs/algorithm.md; the search set must be large enough: see docs/budget.md). paper: the "
-        "observed loss on the search set must fit (Alg. 2, as the paper did; used by the paper "
-        "reproduction).",
+        "(docs/algorithm.md; the search set must be large enough: see docs/budget.md). losses: the "
+        "same bound without netting the samples quantization turns from wrong to right (stricter; "
+        "docs/budget.md shows those gains do not recur on new data). paper: the observed loss on the "
+        "search set must fit (Alg. 2, as the paper did; used by the paper reproduction).",
         "guarded",
     ),
     Setting(

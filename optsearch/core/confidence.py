@@ -81,9 +81,10 @@ __all__ = [
     "validate_confidence",
 ]
 
-Criterion = Literal["guarded", "paper"]
-"""``guarded``: the upper confidence bound is within the budget; ``paper``: Alg. 2's ``da <= eps``."""
-CRITERIA: tuple[Criterion, ...] = ("guarded", "paper")
+Criterion = Literal["guarded", "losses", "paper"]
+"""``guarded``: the upper confidence bound is within the budget; ``losses``: the same bound with the
+gains left out (the Clopper-Pearson limit of ``L / C``); ``paper``: Alg. 2's ``da <= eps``."""
+CRITERIA: tuple[Criterion, ...] = ("guarded", "losses", "paper")
 DEFAULT_CRITERION: Criterion = "guarded"
 DEFAULT_CONFIDENCE = 0.95
 METHOD = "MOVER (Newcombe's square-and-add) of exact Clopper-Pearson limits"
@@ -399,14 +400,19 @@ class AcceptanceTest:
         if self.criterion == "paper":
             _check_counts(losses, gains, float_correct, samples)
             return observed_loss(losses, gains, float_correct)
-        return loss_upper_bound(losses, gains, float_correct, samples, self.confidence)
+        return loss_upper_bound(losses, self._gains(gains), float_correct, samples, self.confidence)
+
+    def _gains(self, gains: int) -> int:
+        """The gains the bound nets against the losses: none under ``losses`` (a float error that
+        quantization noise turns right by chance is no budget: docs/budget.md)."""
+        return 0 if self.criterion == "losses" else gains
 
     def bound(self, losses: int, gains: int, float_correct: int, samples: int) -> float | None:
         """The upper confidence bound under the guarded criterion; None under the paper's (whose
         statistic is the observed loss itself)."""
         if self.criterion == "paper":
             return None
-        return loss_upper_bound(losses, gains, float_correct, samples, self.confidence)
+        return loss_upper_bound(losses, self._gains(gains), float_correct, samples, self.confidence)
 
     def accepts(self, losses: int, gains: int, float_correct: int, samples: int, budget: float) -> bool:
         """``statistic <= budget``."""
@@ -428,6 +434,9 @@ class AcceptanceTest:
         if self.criterion == "paper":
             _check_partial(losses, gains, float_correct, samples, unseen_float_correct, unseen_float_wrong)
             return observed_loss(losses, gains + unseen_float_wrong, float_correct)
+        if self.criterion == "losses":  # the unseen samples can add losses, never take one away
+            _check_partial(losses, gains, float_correct, samples, unseen_float_correct, unseen_float_wrong)
+            return loss_upper_bound(losses, 0, float_correct, samples, self.confidence)
         return best_case_upper_bound(
             losses, gains, float_correct, samples, unseen_float_correct, unseen_float_wrong, self.confidence
         )
@@ -443,6 +452,12 @@ class AcceptanceTest:
         """One line for reports and logs."""
         if self.criterion == "paper":
             return "paper: the observed relative loss is within the budget (Alg. 2)"
+        if self.criterion == "losses":
+            return (
+                f"losses: the one-sided {self.confidence:.0%} upper confidence bound of the share of "
+                "float-correct samples the network gets wrong (gains not netted; exact Clopper-Pearson) "
+                "is within the budget"
+            )
         return (
             f"guarded: the one-sided {self.confidence:.0%} upper confidence bound of the relative loss "
             f"is within the budget ({METHOD})"

@@ -285,13 +285,13 @@ def budget_floor(search: SearchSettings, samples: int, accuracy: float) -> float
     """
     certifiable, needed = _certifiable(search, samples, accuracy)
     if needed is None:
-        return certifiable if search.criterion == "guarded" else 0.0
+        return certifiable if search.criterion != "paper" else 0.0
     what = (
         f"the search set ({samples:,} samples, float accuracy {accuracy:.2%}) cannot certify a loss "
         f"of eps {search.eps:.2%} at {search.confidence:.0%} confidence: the smallest it certifies is "
         f"{certifiable:.2%}, and eps {search.eps:.2%} needs at least {needed:,} search samples"
     )
-    if search.criterion == "guarded":
+    if search.criterion != "paper":
         raise OptsearchError(
             f"{what}; give more data or a larger --search-fraction, a larger --eps (>= "
             f"{certifiable:.2%}), or --criterion paper (no guarantee on new data)"
