@@ -85,7 +85,7 @@ class RunSettings:
             "certify_fraction": s.certify_fraction,
             "method": s.method,
             "warm_start": s.warm_start,
-            **({"objective": s.objective} if s.method == "pareto" else {}),
+            **({"objective": s.objective, "sensitivity": s.sensitivity} if s.method == "pareto" else {}),
             "activation_point": self.activation_point,
             "fold_bn": self.fold_bn,
             "input_bits": self.input_bits,
@@ -125,6 +125,7 @@ class RunSettings:
             method=settings.get("method", "paper"),  # files before issue 23 searched
             warm_start=settings.get("warm_start", "none"),  # older files started at BW0
             objective=settings.get("objective", "memory"),  # recorded by method pareto only
+            sensitivity=settings.get("sensitivity", "measured"),
         )
         resize = data.get("resize")
         return cls(

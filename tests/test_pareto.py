@@ -23,7 +23,7 @@ from optsearch.methods.pareto import (
     pareto_front,
     pareto_search,
 )
-from optsearch.methods.sensitivity import Curve, CurvePoint, measure_curve, measure_curves
+from optsearch.methods.sensitivity import Curve, CurvePoint, measure_curve, measure_curves, predicted_curves
 
 N = 1000
 FLOAT_CORRECT = 900
@@ -199,3 +199,12 @@ def test_curve_round_trip() -> None:
     assert Curve.from_dict(curve.to_dict()) == Curve(
         curve.tensor, curve.points, curve.evaluations, round(curve.seconds, 3)
     )
+
+
+def test_predicted_curves_weigh_each_format_by_its_lsb_squared_times_the_gain() -> None:
+    curves = predicted_curves({A: 3.0, B: 0.5}, {A: 1.5, B: 0.0})
+    points = {p.fmt: p.noise for p in curves[A].points}
+    assert points[Format(8, 6)] == 3.0 * 2.0**-12 and points[Format(4, 2)] == 3.0 * 2.0**-4
+    assert all(p.exact and p.losses == 0 for p in curves[A].points) and curves[A].evaluations == 0
+    assert [p.fmt.pruned for p in curves[B].points] == [True]  # all zero: pruned
+    assert flip_scale(curves) is None

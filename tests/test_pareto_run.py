@@ -146,3 +146,18 @@ def test_a_batch_eps_sweep_measures_the_curves_once(files: dict[str, Path], tmp_
     assert first["pareto"]["curve_evaluations"] > 0 and first["pareto"]["curves_from"] is None
     assert second["pareto"]["curve_evaluations"] == 0 and second["pareto"]["curves_from"]
     assert second["pareto"]["curves"] == first["pareto"]["curves"]
+
+
+def test_sensitivity_analytic_predicts_the_curves(files: dict[str, Path], tmp_path: Path) -> None:
+    ran = _pareto_run(files, tmp_path / "analytic", "--sensitivity", "analytic")
+    assert ran.exit_code == 0, ran.output
+    data = json.loads((tmp_path / "analytic" / "formats.json").read_text())
+    assert data["settings"]["sensitivity"] == "analytic"
+    assert data["pareto"]["curve_evaluations"] == 0 and data["pareto"]["curves_from"].startswith("analytic:")
+    assert data["evaluations"] == len(data["pareto"]["steps"]) > 0
+    assert data["accuracy"]["search"]["quantized_loss"] <= 0.1
+    assert "curves predicted, not measured" in (tmp_path / "analytic" / "report.md").read_text()
+    alone = _run(
+        "run", files["model"], "--data", files["data"], "--sensitivity", "analytic", "--out", tmp_path / "o"
+    )
+    assert alone.exit_code == 2 and "use --method pareto" in alone.output

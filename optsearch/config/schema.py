@@ -33,6 +33,7 @@ from optsearch.methods.opt_search import (
     INDEPENDENT_BW0,
     LAYER_ORDERS,
     METHODS,
+    SENSITIVITIES,
     WARM_START_MARGIN,
     WARM_STARTS,
     SearchSettings,
@@ -461,6 +462,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "weights",
     ),
     Setting(
+        "sensitivity",
+        Value("choice", choices=SENSITIVITIES),
+        "measured",
+        "Where --method pareto's curves come from. measured: each tensor's loss and output noise "
+        "measured along Alg. 2's candidates (about 8 evaluations per tensor). analytic: predicted from "
+        "Sakr & Shanbhag's noise gains (--method analytic's), no evaluation; only the whole network's "
+        "verification is measured.",
+        "analytic",
+    ),
+    Setting(
         "warm_start",
         Value("choice", choices=WARM_STARTS),
         "none",
@@ -663,6 +674,7 @@ def search_settings(values: Mapping[str, Any]) -> SearchSettings:
         method=values["method"],
         warm_start=values["warm_start"],
         objective=values["objective"],
+        sensitivity=values["sensitivity"],
     )
 
 

@@ -29,6 +29,8 @@ WARM_STARTS: tuple[WarmStart, ...] = ("none", "analytic")
 #: the diagonal still has room to descend below the prediction, which is conservative (issue 23).
 WARM_START_MARGIN = 2
 Phase = Literal["start", "diagonal", "reduction", "local"]
+Sensitivity = Literal["measured", "analytic"]
+SENSITIVITIES: tuple[Sensitivity, ...] = ("measured", "analytic")
 
 DEPENDENT_BW0: dict[TensorKind, int] = {"W": 12, "B": 8, "A": 12}
 INDEPENDENT_BW0: dict[TensorKind, int] = {"W": 8, "B": 8, "A": 8}
@@ -67,6 +69,9 @@ class SearchSettings:
     curves, the cheapest formats predicted within eps, verified and repaired (``methods.pareto``)."""
     objective: Objective = "memory"
     """What ``pareto`` minimises: memory, weights, activations or bops (``methods.knapsack``)."""
+    sensitivity: Sensitivity = "measured"
+    """Where ``pareto``'s curves come from: ``measured`` (the engine) or ``analytic`` (noise gains,
+    ``methods.sensitivity.predicted_curves``; issue 23)."""
     warm_start: WarmStart = "none"
     """``none``: every diagonal starts at BW0 (Alg. 2). ``analytic``: the runner passes each tensor's
     noise-gain-predicted precision plus ``WARM_START_MARGIN`` as ``opt_search``'s ``start_bits``;
@@ -106,6 +111,13 @@ class SearchSettings:
             raise ValueError(
                 f"objective {self.objective} is what method pareto minimises; method {self.method} "
                 "minimises bits tensor by tensor: use --method pareto or leave the objective at memory"
+            )
+        if self.sensitivity not in SENSITIVITIES:
+            raise ValueError(f"sensitivity must be one of {SENSITIVITIES}, got {self.sensitivity!r}")
+        if self.sensitivity != "measured" and self.method != "pareto":
+            raise ValueError(
+                f"sensitivity {self.sensitivity} gives method pareto its curves; method {self.method} has "
+                "none: use --method pareto or leave the sensitivity at measured"
             )
         if self.method == "pareto" and self.certify_fraction > 0:
             raise ValueError(

@@ -180,6 +180,35 @@ def measure_curve(
     return Curve(tensor, tuple(seen.values()), len(seen), time.perf_counter() - started)
 
 
+#: ``--sensitivity analytic``: predicted curves span these bitwidths (the diagonal at eq. 8's offset).
+PREDICTED_BITS = range(2, 17)
+
+
+def predicted_curves(
+    gains: Mapping[TensorId, float],
+    magnitudes: Mapping[TensorId, float],
+    offset_rule: OffsetRule = "paper",
+) -> dict[TensorId, Curve]:
+    """``--sensitivity analytic`` (issue 23): curves predicted from Sakr & Shanbhag's noise gains
+    instead of measured. A tensor's point at ``BW`` bits (the diagonal, ``F`` from eq. 8) is weighted
+    by its term of the mismatch bound, ``Delta^2 E_t`` with ``Delta = 2^-F`` (Sakr, Kim & Shanbhag
+    2017, Thm. 1), which adds over tensors as the measured noise powers do; nothing is evaluated
+    (every point has no flips and ``exact`` True, so no flip scale: the front is searched from its
+    middle). An all-zero tensor is pruned."""
+    curves: dict[TensorId, Curve] = {}
+    for tensor, gain in gains.items():
+        z = magnitudes[tensor]
+        if z == 0:
+            curves[tensor] = Curve(tensor, (CurvePoint(start_format(0.0, 2), 0, 0, 0.0, 0.0, True),), 0)
+            continue
+        points = []
+        for bw in PREDICTED_BITS:
+            fmt = start_format(z, bw, offset_rule)
+            points.append(CurvePoint(fmt, 0, 0, 0.0, 0.0, True, gain * fmt.lsb**2))
+        curves[tensor] = Curve(tensor, tuple(points), 0)
+    return curves
+
+
 def measure_curves(
     evaluator: Evaluator,
     tensors: Sequence[TensorId],

@@ -248,11 +248,12 @@ def _pareto_lines(result: RunResult) -> list[str]:
         return []
     front = [s for s in p.steps if s["action"] == "front"]
     refines = [s for s in p.steps if s["action"] == "refine"]
-    curves = (
-        f"curves from `{p.curves_from}` (not measured again)"
-        if p.curves_from
-        else f"{len(p.curves)} curves measured ({p.curve_evaluations} evaluations)"
-    )
+    if p.curves_from and p.curves_from.startswith("analytic:"):
+        curves = f"curves predicted, not measured ({p.curves_from})"
+    elif p.curves_from:
+        curves = f"curves from `{p.curves_from}` (not measured again)"
+    else:
+        curves = f"{len(p.curves)} curves measured ({p.curve_evaluations} evaluations)"
     measured = ", ".join(
         f"{_flips(p.scale, s['predicted'])} -> {'>= ' if not s['exact'] else ''}{_pct(s['statistic'])}"
         for s in front

@@ -48,6 +48,7 @@ from optsearch.methods.opt_search import (
     opt_search,
     search_plan,
 )
+from optsearch.methods.sensitivity import CURVE_REACH, predicted_curves
 from optsearch.model.environment import versions
 from optsearch.model.folding import Fold
 from optsearch.model.graph import QuantizedModel, uniform_formats
@@ -168,6 +169,8 @@ def run(
             result = replace(measure(prepared, settings, searched, started), analytic=record)
         elif settings.search.method == "pareto":
             write_request(tmp, fingerprint)
+            if stored is None and settings.search.sensitivity == "analytic":
+                stored = analytic_curves(prepared, settings, echo)
             try:
                 found = pareto_stage(
                     prepared.qmodel,
@@ -430,6 +433,18 @@ def analytic_plan(
     except ValueError as err:
         raise OptsearchError(f"{option}: {err}") from err
     return plan, gains
+
+
+def analytic_curves(prepared: Prepared, settings: RunSettings, echo: Echo) -> StoredCurves:
+    """``--sensitivity analytic``: every tensor's curve predicted from its noise gain on
+    ``gain_samples`` (``methods.sensitivity.predicted_curves``), none measured (issue 23)."""
+    qmodel = prepared.qmodel
+    x = gain_samples(prepared, settings.batch_size, settings.data.seed)
+    echo(f"sensitivity analytic: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
+    gains = noise_gains(qmodel, x)
+    curves = predicted_curves(gains.gains, prepared.magnitudes, settings.search.offset_rule)
+    source = f"analytic: Sakr & Shanbhag noise gains on {gains.samples} search samples"
+    return StoredCurves(curves, source, CURVE_REACH * settings.search.eps)
 
 
 def warm_start_bits(
