@@ -15,7 +15,15 @@ import keras
 import numpy as np
 
 from optsearch.core.errors import ModelError
-from optsearch.core.fixedpoint import Format, OffsetRule, largest_magnitude, quantize, start_format
+from optsearch.core.fixedpoint import (
+    DEFAULT_MODE,
+    Format,
+    OffsetRule,
+    QuantizerMode,
+    largest_magnitude,
+    quantize,
+    start_format,
+)
 from optsearch.core.tensors import (
     ACTIVATION_POINTS,
     ActivationPoint,
@@ -358,11 +366,17 @@ class QuantizedModel:
     ``set_formats`` quantizes exactly the tensors it is given and leaves every other tensor in float
     (Alg. 1: independent and dependent evaluation differ only in the mapping passed). Nothing is
     rebuilt or retraced when formats change: weights are assigned and quantizer variables updated.
+
+    ``mode`` (fixed for the model: it picks the traced ops) is how every tensor rounds and overflows;
+    ``DEFAULT_MODE``, the paper's quantizer, is what the search uses.
     """
 
-    def __init__(self, model: keras.Model, layers: Sequence[QuantizableLayer]) -> None:
+    def __init__(
+        self, model: keras.Model, layers: Sequence[QuantizableLayer], mode: QuantizerMode = DEFAULT_MODE
+    ) -> None:
         functional = as_functional(model)
         self.layers: tuple[QuantizableLayer, ...] = tuple(layers)
+        self.mode = mode
         self.float_model = model
         names = {layer.name for layer in functional.operations}
         split = {q.name for q in self.layers if q.split_softmax}
@@ -384,7 +398,12 @@ class QuantizedModel:
             out = layer(*args, **kwargs)
             if layer.name in quantizer_at:
                 owner = quantizer_at[layer.name]
-                out = FixedPointQuantizer(enabled=False, name=owner + QUANTIZER_SUFFIX)(out)
+                out = FixedPointQuantizer(
+                    enabled=False,
+                    rounding=mode.rounding,
+                    overflow=mode.overflow,
+                    name=owner + QUANTIZER_SUFFIX,
+                )(out)
                 if layer.name in split:
                     out = keras.layers.Softmax(name=owner + SOFTMAX_SUFFIX)(out)
             return out
@@ -469,7 +488,7 @@ class QuantizedModel:
             else [target.bias]
         )
         for variable, values in zip(variables, self.float_values(tensor), strict=True):
-            variable.assign(values if fmt is None else quantize(values, fmt))
+            variable.assign(values if fmt is None else quantize(values, fmt, self.mode))
 
     def cut_node(self, tensor: TensorId) -> str:
         """The layer where ``tensor`` enters the computation: its own layer (W, B) or its quantizer (A)."""
@@ -575,9 +594,12 @@ class QuantizedModel:
         self.keras_model.save(path)
 
 
-def quantized_model(model: keras.Model, activation_point: ActivationPoint = "activation") -> QuantizedModel:
-    """Find the quantizable layers of ``model`` and build its quantized clone (all tensors float)."""
-    return QuantizedModel(model, find_quantizable_layers(model, activation_point))
+def quantized_model(
+    model: keras.Model, activation_point: ActivationPoint = "activation", mode: QuantizerMode = DEFAULT_MODE
+) -> QuantizedModel:
+    """Find the quantizable layers of ``model`` and build its quantized clone (all tensors float),
+    quantizing in ``mode`` once formats are set."""
+    return QuantizedModel(model, find_quantizable_layers(model, activation_point), mode)
 
 
 def uniform_formats(

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from optsearch.core.fixedpoint import Format
+from optsearch.core.fixedpoint import DEFAULT_MODE, Format, Overflow, QuantizerMode, Rounding
 
 
 @keras.saving.register_keras_serializable(package="optsearch", name="FixedPointQuantizer")
@@ -22,10 +22,24 @@ class FixedPointQuantizer(keras.layers.Layer):
     The format lives in non-trainable variables so that a search can change it in place without
     rebuilding or retracing the model. Scaling by the exact power of two ``2**F`` makes the
     result bit-identical to ``optsearch.core.fixedpoint.quantize`` in float32.
+
+    ``rounding`` and ``overflow`` (a ``QuantizerMode``) are fixed when the layer is made: they
+    choose the ops that are traced. The defaults are the paper's quantizer; the config holds them
+    only when they differ, so default layers save and load as before. A ``wrap`` layer has one more
+    variable, ``2**BW``.
     """
 
-    def __init__(self, bw: int = 8, f: int = 0, enabled: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        bw: int = 8,
+        f: int = 0,
+        enabled: bool = True,
+        rounding: Rounding = DEFAULT_MODE.rounding,
+        overflow: Overflow = DEFAULT_MODE.overflow,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self._mode = QuantizerMode(rounding, overflow)
         self._format = Format(bw, f)
         self._enabled = bool(enabled)
         self.scale = self.add_weight(
@@ -37,7 +51,18 @@ class FixedPointQuantizer(keras.layers.Layer):
         self.enabled_flag = self.add_weight(
             name="enabled", shape=(), initializer="zeros", trainable=False, dtype="float32"
         )
+        self.modulus = (
+            self.add_weight(name="modulus", shape=(), initializer="ones", trainable=False, dtype="float32")
+            if self._mode.overflow == "wrap"
+            else None
+        )
+        self._check(self._format)
         self._assign()
+
+    @property
+    def mode(self) -> QuantizerMode:
+        """How the layer rounds and overflows (fixed for the layer's lifetime)."""
+        return self._mode
 
     @property
     def format(self) -> Format:
@@ -52,6 +77,7 @@ class FixedPointQuantizer(keras.layers.Layer):
     def set_format(self, fmt: Format | None) -> None:
         """Quantize to ``fmt`` from now on, or pass through unchanged when ``fmt`` is None."""
         if fmt is not None:
+            self._check(fmt)
             self._format = fmt
         self._enabled = fmt is not None
         self._assign()
@@ -60,13 +86,25 @@ class FixedPointQuantizer(keras.layers.Layer):
         self.scale.assign(math.ldexp(1.0, self._format.f))
         self.threshold.assign(float(self._format.max_code))
         self.enabled_flag.assign(1.0 if self._enabled else 0.0)
+        if self.modulus is not None:
+            self.modulus.assign(math.ldexp(1.0, self._format.bw))
+
+    def _check(self, fmt: Format) -> None:
+        if self.modulus is not None and fmt.bw >= 128:
+            raise ValueError(f"wrap-around at {fmt} needs 2**BW to be finite in float32 (BW <= 127)")
 
     def call(self, inputs: Any) -> Any:
         ops = keras.ops
         x = ops.cast(inputs, "float32")
 
         def quantized() -> Any:
-            return ops.clip(ops.round(x * self.scale), -self.threshold, self.threshold) / self.scale
+            if self._mode.rounding == "convergent":
+                codes = ops.round(x * self.scale)  # round half to even, as numpy's rint
+            else:
+                codes = ops.floor(x * self.scale)
+            if self.modulus is None:
+                return ops.clip(codes, -self.threshold, self.threshold) / self.scale
+            return _wrap(codes, self.modulus) / self.scale
 
         def active() -> Any:
             # A pruned format (t = 0) is all +0.0, as in numpy; clipping to [-0, 0] could give -0.0.
@@ -81,4 +119,16 @@ class FixedPointQuantizer(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
         config.update(bw=self._format.bw, f=self._format.f, enabled=self._enabled)
+        if self._mode != DEFAULT_MODE:
+            config.update(rounding=self._mode.rounding, overflow=self._mode.overflow)
         return config
+
+
+def _wrap(codes: Any, span: Any) -> Any:
+    """``optsearch.core.fixedpoint._wrap`` with ``span = 2**BW``, op for op (each step exact in float32)."""
+    ops = keras.ops
+    half = span * 0.5
+    m = codes - ops.floor(codes / span) * span
+    wrapped = ops.where(m >= half, m - span, m)
+    inside = ops.logical_and(codes >= -half, codes < half)
+    return ops.where(inside, codes, wrapped)
