@@ -160,6 +160,7 @@ DEFAULT_JOB = (
         "guarded 0.95, --certify-fraction 0.3 ²",
         {"certify_fraction": 0.3},
     ),
+    ("pareto", "guarded 0.95, --method pareto", {"method": "pareto"}),
 )
 
 
