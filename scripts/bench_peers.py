@@ -2,9 +2,13 @@
 
 Per zoo model, on the 50/50 split of docs/results.md (search_fraction 0.5, seed 0): float32 and
 TFLite full-integer PTQ (int8, and int16x8 where the converter supports the model), calibrated on
-the search half and measured on the held-out half. Each model's numbers are cached in
-``<out>/peers/<model>.json``; the page is rendered from those files. The hls4ml ``ap_fixed<16,6>``
-and optsearch rows are not measured yet.
+the search half and measured on the held-out half; hls4ml's default precision (``ap_fixed<16,6>``
+for every weight, bias and activation, truncating and wrapping: ``HLS4ML_DEFAULT_MODE``) and
+optsearch's uniform 8-bit formats, emulated on the same half; and optsearch's searches at eps 0.5%,
+1% and 2% (Alg. 2 and ``--method pareto``, default criterion) wherever docs/budget/ and
+docs/allocation/ hold their measured results (the searches run in ``optsearch batch
+configs/budget.yaml`` and ``configs/allocation.yaml``, not here). Each model's measured numbers are
+cached in ``<out>/peers/<model>.json``; the page is rendered from those files and the searches'.
 
     .venv/bin/python scripts/bench_peers.py                              # every zoo model
     .venv/bin/python scripts/bench_peers.py --models sequential_mnist --samples 500
@@ -41,7 +45,12 @@ SEARCH_FRACTION = 0.5
 SEED = 0
 CONFIDENCE = 0.95
 TFLITE_MODES: tuple[Literal["int8", "int16x8"], ...] = ("int8", "int16x8")
-NOT_YET = ("hls4ml ap_fixed<16,6>", "optsearch uniform 8-bit", "optsearch eps 0.5% / 1% / 2%")
+#: optsearch's searches, read from the measured caches of bench_budget / bench_allocation:
+#: (row name, cache folder under docs/).
+SEARCHES = (
+    ("optsearch Alg. 2, eps 1%", "budget/{model}-guarded-1"),
+    ("optsearch pareto, eps 1%", "allocation/{model}-pareto"),
+)
 
 
 def dataset_of(model: str) -> str:
@@ -114,6 +123,7 @@ def measure(model_path: Path, data: str, data_dir: str, samples: int | None) -> 
             "seconds": float_seconds,
         }
     ]
+    rows += emulated_rows(model, search_x, held_x, held_y, float_pred)
     for mode in TFLITE_MODES:
         name = f"TFLite {mode}"
         try:
@@ -146,6 +156,80 @@ def measure(model_path: Path, data: str, data_dir: str, samples: int | None) -> 
     }
 
 
+def emulated_rows(
+    model: Any, search_x: np.ndarray, held_x: np.ndarray, held_y: np.ndarray, float_pred: np.ndarray
+) -> list[dict[str, Any]]:
+    """hls4ml's default precision and optsearch's uniform 8-bit, emulated (optsearch's quantized
+    model), with weights and peak activation memory counted as every optsearch run counts them."""
+    from optsearch.core.fixedpoint import DEFAULT_MODE, HLS4ML_DEFAULT_MODE, Format, QuantizerMode
+    from optsearch.core.memory import buffer_bits, peak_activation_memory, weights_memory
+    from optsearch.data import Dataset
+    from optsearch.evaluators.keras import activation_ranges
+    from optsearch.model.graph import quantized_model, uniform_formats
+    from optsearch.model.schedule import activation_schedule
+
+    def emulate(name: str, mode: QuantizerMode, formats_of: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        qmodel = quantized_model(model, "activation", mode=mode)
+        formats = formats_of(qmodel)
+        qmodel.set_formats(formats)
+        predictions = np.concatenate(
+            [
+                np.argmax(qmodel.keras_model.predict(held_x[i : i + 256], verbose=0), axis=-1)
+                for i in range(0, len(held_x), 256)
+            ]
+        )
+        bits = {t: f.bw for t, f in formats.items()}
+        schedule = activation_schedule(qmodel.float_model, qmodel.layers, "activation")
+        peak = peak_activation_memory(schedule, buffer_bits(schedule, bits, 8), "packed")
+        return {
+            **row(name, predictions, float_pred, held_y),
+            "weights_bytes": weights_memory(qmodel.layers, bits).packed_bytes,
+            "peak_activation_bytes": peak.bytes,
+            "seconds": time.perf_counter() - started,
+        }
+
+    def hls4ml_default(qmodel: Any) -> dict[Any, Format]:
+        return dict.fromkeys(qmodel.tensors, Format(16, 10))  # ap_fixed<16,6>
+
+    def uniform8(qmodel: Any) -> dict[Any, Format]:
+        search = Dataset(search_x, np.zeros(len(search_x), dtype=np.int64), "search half")
+        return uniform_formats(qmodel, 8, activation_ranges(qmodel, search))
+
+    return [
+        emulate("hls4ml ap_fixed<16,6> (AP_TRN, AP_WRAP)", HLS4ML_DEFAULT_MODE, hls4ml_default),
+        emulate("optsearch uniform 8-bit", DEFAULT_MODE, uniform8),
+    ]
+
+
+def search_rows(model: str, docs: Path) -> list[dict[str, Any]]:
+    """optsearch's searches on this model, from bench_budget's / bench_allocation's caches (the
+    held-out half, the same split), or a row saying which command makes them."""
+    out: list[dict[str, Any]] = []
+    for name, folder in SEARCHES:
+        cache = docs / folder.format(model=model)
+        measured, formats = cache / "measured.json", cache / "formats.json"
+        if not (measured.is_file() and formats.is_file()):
+            out.append({"name": name, "error": f"not measured yet (docs/{folder.format(model=model)})"})
+            continue
+        m, result = json.loads(measured.read_text()), json.loads(formats.read_text())
+        held = m["held_out"]
+        costs = result["costs"]["quantized"]
+        out.append(
+            {
+                "name": name,
+                "samples": held["samples"],
+                "accuracy": None,
+                "loss": held["loss"],
+                "loss_interval": held["interval"],
+                "weights_bytes": costs.get("weights_bytes"),
+                "peak_activation_bytes": costs.get("peak_activation_bytes"),
+                "seconds": result["timings"].get("search_seconds"),
+            }
+        )
+    return out
+
+
 def versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
@@ -166,7 +250,15 @@ def _interval(bounds: Sequence[float]) -> str:
     return f"[{_pct(bounds[0])}, {_pct(bounds[1])}]"
 
 
-def render(results: Sequence[dict[str, Any]]) -> str:
+def _bytes(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def render(results: Sequence[dict[str, Any]], docs: Path = ROOT / "docs") -> str:
     """docs/peers.md from the cached results (no number is computed here but formatting)."""
     lines = [
         "# optsearch and its peers",
@@ -181,8 +273,9 @@ def render(results: Sequence[dict[str, Any]]) -> str:
         "of the conv and fully-connected ops (int8 weights + int32 biases; int64 biases in int16x8; float32",
         "for the float row, from the float TFLite file). Peak activation memory: the largest set of",
         "activation tensors alive at once in op order, per sample (`core.memory.peak_activation_memory`).",
-        "Time: Keras inference for float32; conversion (calibration included) plus TFLite inference",
-        "otherwise.",
+        "Time: Keras inference for float32 and the emulated rows; conversion (calibration included) plus",
+        "TFLite inference for TFLite; the search for optsearch's searches (their held-out loss is",
+        "bench_budget's / bench_allocation's, on the same held-out half; accuracy is left blank there).",
         "",
     ]
     for result in results:
@@ -197,17 +290,19 @@ def render(results: Sequence[dict[str, Any]]) -> str:
             "peak activations (B) | time (s) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in result["rows"]:
+        for r in [*result["rows"], *search_rows(result["model"], docs)]:
             if "error" in r:
                 lines.append(f"| {r['name']} | not run: {r['error'].replace('|', '/')} | | | | | | |")
                 continue
             loss = _pct(r["loss"]) if "loss" in r else "n/a"
             loss_int = _interval(r["loss_interval"]) if "loss_interval" in r else ""
+            accuracy = "" if r.get("accuracy") is None else _pct(r["accuracy"])
+            acc_int = "" if r.get("accuracy_interval") is None else _interval(r["accuracy_interval"])
+            memory = f"{_bytes(r['weights_bytes'])} | {_bytes(r['peak_activation_bytes'])}"
             lines.append(
-                f"| {r['name']} | {_pct(r['accuracy'])} | {_interval(r['accuracy_interval'])} | {loss} | "
-                f"{loss_int} | {r['weights_bytes']:,} | {r['peak_activation_bytes']:,} | {r['seconds']:.1f} |"
+                f"| {r['name']} | {accuracy} | {acc_int} | {loss} | {loss_int} | {memory} | "
+                f"{_seconds(r['seconds'])} |"
             )
-        lines += [f"| {name} | not yet measured | | | | | | |" for name in NOT_YET]
         lines.append("")
     recorded = [r for r in results if "versions" in r]
     if recorded:

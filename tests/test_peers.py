@@ -61,12 +61,17 @@ def test_script_end_to_end(tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp
     assert bench.main([*argv, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "peers" / "tiny.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
-    assert set(rows) == {"float32", "TFLite int8", "TFLite int16x8"}
+    hls4ml, uniform8 = "hls4ml ap_fixed<16,6> (AP_TRN, AP_WRAP)", "optsearch uniform 8-bit"
+    assert set(rows) == {"float32", "TFLite int8", "TFLite int16x8", hls4ml, uniform8}
+    assert rows[hls4ml]["weights_bytes"] == 2 * (36 + 4 + 108 + 3)  # 16 bits each, packed
+    assert rows[uniform8]["weights_bytes"] == 36 + 4 + 108 + 3
+    assert rows[hls4ml]["samples"] == rows[uniform8]["samples"] == 20
     assert rows["float32"]["samples"] == 20 and rows["float32"]["loss"] == 0.0
     assert rows["TFLite int8"]["weights_bytes"] == 172
     assert rows["float32"]["weights_bytes"] == 4 * (36 + 4 + 108 + 3)
     page = (tmp_path / "peers.md").read_text()
-    assert "## tiny" in page and "| TFLite int8 |" in page and "not yet measured" in page
+    assert "## tiny" in page and "| TFLite int8 |" in page and "| optsearch uniform 8-bit |" in page
+    assert "optsearch pareto, eps 1% | not run: not measured yet" in page
     # --render-only reads the cache and writes the same page
     assert bench.main(["--render-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "peers.md").read_text() == page
