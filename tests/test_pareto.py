@@ -16,6 +16,7 @@ from optsearch.core.tensors import TensorId
 from optsearch.methods.evaluator import Evaluation
 from optsearch.methods.knapsack import CostModel
 from optsearch.methods.pareto import (
+    VIRTUAL_RUNGS,
     ParetoError,
     capacity,
     flip_scale,
@@ -83,19 +84,24 @@ class Noisy:
         )
 
 
-def test_curve_climbs_to_lossless_descends_to_the_reach_and_tries_one_integer_bit_fewer() -> None:
-    evaluator = Noisy({A: 9.0}, ints=1)  # flips 2^(9 - BW): lossless from 10 bits; range needs I >= 1
+def test_curve_descends_the_diagonal_to_the_reach_and_tries_one_integer_bit_fewer() -> None:
+    evaluator = Noisy({A: 9.0}, ints=1)  # flips 2^(9 - BW); the range needs I >= 1
     curve = measure_curve(evaluator, A, 1.5, reach=0.05)  # 45 flips reach: 2^(9-3) = 64 is beyond
-    fmts = [p.fmt for p in curve.points]
-    assert fmts[0] == Format(8, 6)  # START_BW at eq. 8's offset for Z = 1.5 (I = 2)
-    assert [f.bw for f in fmts[:3]] == [8, 9, 10]  # the climb to the first lossless point
     diagonal = [p for p in curve.points if p.fmt.integer_bits == 2]
-    assert [p.fmt.bw for p in diagonal] == [8, 9, 10, 7, 6, 5, 4, 3]
+    assert diagonal[0].fmt == Format(8, 6)  # START_BW at eq. 8's offset for Z = 1.5 (I = 2); no climb
+    assert [p.fmt.bw for p in diagonal] == [8, 7, 6, 5, 4, 3]
     assert not diagonal[-1].exact and all(p.exact for p in diagonal[:-1])
-    assert [p.noise for p in diagonal[:3]] == [4.0, 1.0, 0.25]
+    assert [p.noise for p in diagonal[:3]] == [2.0**2, 2.0**4, 2.0**6]
     reduced = [p for p in curve.points if p.fmt.integer_bits == 1]
-    assert reduced and reduced[0].fmt == Format(9, 8)  # one integer bit fewer than (10, 8)
+    assert [p.fmt for p in reduced] == [Format(7, 6)]  # one integer bit fewer: no better, so no more
     assert curve.evaluations == len(curve.points) == len(evaluator.calls)
+
+
+def test_curve_climbs_only_while_beyond_the_reach() -> None:
+    evaluator = Noisy({A: 14.0})  # 2^(14 - 8) = 64 flips at 8 bits: beyond a 45-flip reach
+    curve = measure_curve(evaluator, A, 1.5, reach=0.05)
+    climb = [p.fmt.bw for p in curve.points[:2]]
+    assert climb == [8, 9] and curve.points[1].exact  # 32 flips at 9 bits: within, the climb stops
 
 
 def test_all_zero_tensor_is_pruned_without_evaluation() -> None:
@@ -119,7 +125,8 @@ def test_prediction_quarters_per_bit_and_never_grows_with_the_bits() -> None:
         (Format(5, 3), 4.0, True),
         (Format(6, 4), 1.0, True),
     ]
-    assert [r.weight for r in rungs[3:]] == [0.25, 0.0625, 0.015625, 0.00390625]  # above the top
+    assert [r.weight for r in rungs[3:7]] == [0.25, 0.0625, 0.015625, 0.00390625]  # above the top
+    assert len(rungs) == 3 + VIRTUAL_RUNGS
     assert all(a.weight > b.weight for a, b in itertools.pairwise(rungs))
 
 

@@ -39,7 +39,7 @@ from optsearch.methods.sensitivity import Curve
 
 #: Rungs above a curve's highest measured point, each predicted at a quarter of the noise power of
 #: the one below: the knapsack may go there when the measured points are not careful enough.
-VIRTUAL_RUNGS = 4
+VIRTUAL_RUNGS = 8
 #: Verification and refinement together take at most this many evaluations per tensor (at least
 #: ``MIN_ADJUST``): the front's bracketing first, then up to ``BETWEEN`` allocations at capacities
 #: between the last passing and failing points, then refinement with what is left. A second budget
