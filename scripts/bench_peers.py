@@ -40,7 +40,10 @@ ZOO = (
     "branched_mnist",
     "branched_fashion_mnist",
     "branched_cifar10",
+    "resnet8_cifar10",
+    "mobilenet_v1_cifar10",
 )
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "svhn")
 SEARCH_FRACTION = 0.5
 SEED = 0
 CONFIDENCE = 0.95
@@ -54,8 +57,11 @@ SEARCHES = (
 
 
 def dataset_of(model: str) -> str:
-    """The dataset a zoo model was trained on: its name without the architecture prefix."""
-    return model.split("_", 1)[1]
+    """The dataset a zoo model was trained on: the dataset its name ends with."""
+    for name in DATASETS:
+        if model.endswith(f"_{name}"):
+            return name
+    raise ValueError(f"{model}: no dataset in its name ({', '.join(DATASETS)}); pass --data")
 
 
 def load_split(
