@@ -193,9 +193,10 @@ outcomes = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_siz
 )
 
 
-@given(
-    outcomes, st.floats(-0.2, 0.6), confidences, st.sampled_from(["guarded", "losses", "paper"]), st.booleans()
-)
+CRITERIA_ALL = st.sampled_from(["guarded", "losses", "paper"])
+
+
+@given(outcomes, st.floats(-0.2, 0.6), confidences, CRITERIA_ALL, st.booleans())
 def test_early_rejection_never_stops_a_candidate_the_full_evaluation_accepts(
     pairs: list[tuple[bool, bool]], budget: float, confidence: float, criterion: str, wrong_first: bool
 ) -> None:
@@ -378,7 +379,8 @@ def test_confidence_inside_is_kept() -> None:
 
 
 def test_unknown_criterion_is_refused() -> None:
-    with pytest.raises(CriterionError, match=r"--criterion must be one of guarded, losses, paper, got 'strict'"):
+    message = r"--criterion must be one of guarded, losses, paper, got 'strict'"
+    with pytest.raises(CriterionError, match=message):
         AcceptanceTest("strict")  # type: ignore[arg-type]
 
 

@@ -182,6 +182,10 @@ def test_readme_renders_finished_models_and_gaps(tz: ModuleType, tmp_path: Path)
     assert "| `sequential_cifar10.keras` | 327,594 | 52.87 M | 15 | 3 | 10 min | 200 | 50.00% (*)" in text
     assert "JPEG" in text and "not available offline" in text and "train_32x32.mat" in text
     assert "| `sequential_mnist` | | | | | not trained yet" in text
+    assert "| `resnet8_cifar10` | | | | | not trained yet" in text
+    assert "| `mobilenet_v1_cifar10` | | | | | not trained yet" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `") and "_svhn" not in line]
+    assert len(rows) == 8 + 1  # eight zoo rows, one training row
     assert "| 128 | 0.001 | 1e-05 | none | 0 | 49.00% |" in text
 
 
@@ -200,3 +204,24 @@ def test_default_slice_is_stratified_and_deterministic(tz: ModuleType, tmp_path:
         np.testing.assert_array_equal(archive["x"], x[info["indices"]])
         np.testing.assert_array_equal(archive["y"], y[info["indices"]])
         assert archive["x"].dtype == np.uint8
+
+
+def test_reference_nets_are_trained_on_cifar10_only(tz: ModuleType) -> None:
+    """ResNet-8 and MobileNetV1-0.25 come after the paper's six, on CIFAR-10, with CIFAR-10 settings."""
+    names = [f"{arch}_{dataset}" for arch, dataset in tz.MODEL_ORDER]
+    assert names[:6] == [
+        "sequential_mnist",
+        "sequential_fashion_mnist",
+        "sequential_cifar10",
+        "branched_mnist",
+        "branched_fashion_mnist",
+        "branched_cifar10",
+    ]
+    assert names[6:] == ["resnet8_cifar10", "mobilenet_v1_cifar10"]
+    assert set(tz.DEFAULT_EPOCHS) == set(names)
+    args = tz.parse_args(["--only", "resnet8_cifar10", "--only", "mobilenet_v1_cifar10"])
+    assert args.only == ["resnet8_cifar10", "mobilenet_v1_cifar10"]
+    with pytest.raises(SystemExit):
+        tz.parse_args(["--only", "resnet8_mnist"])
+    settings = tz.default_settings("cifar10", 3)
+    assert (settings.shift, settings.flip) == (4, True)

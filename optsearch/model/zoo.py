@@ -1,10 +1,13 @@
-"""The paper's two architectures (spec §9), built in code so tests and users get exactly the same nets.
+"""The zoo's architectures, built in code so tests and users get exactly the same nets.
 
-Both take raw uint8 images: ``Rescaling(1/255)`` (and for the branched net ``Resizing(96, 96)``) live
-inside the model. Every convolution has its ReLU built in and is followed by a BatchNormalization, so
-the tool's activation quantizer lands between the ReLU and the BatchNorm (spec §3: Conv(relu) -> Q ->
-BN). The classifier is a linear Dense named ``logits`` followed by a separate ``Softmax`` layer, so the
-logits are quantized before the softmax.
+The paper's two (spec §9), ``sequential`` and ``branched``, plus two modern embedded reference nets,
+``resnet8`` (MLPerf Tiny) and ``mobilenet_v1`` (width 0.25). All take raw uint8 images:
+``Rescaling(1/255)`` (and for the branched net ``Resizing(96, 96)``) live inside the model. In the
+paper's nets every convolution has its ReLU built in and is followed by a BatchNormalization, so the
+tool's activation quantizer lands between the ReLU and the BatchNorm (spec §3: Conv(relu) -> Q -> BN).
+The two reference nets keep their published order Conv -> BN -> ReLU (separate layers), so the
+quantizer lands after the ReLU. Every classifier is a linear Dense named ``logits`` followed by a
+separate ``Softmax`` layer, so the logits are quantized before the softmax.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import keras
 
 L = keras.layers
 
-#: Names accepted by ``build``.
-ARCHITECTURES = ("sequential", "branched")
+#: The paper's two architectures (spec §9).
+PAPER_ARCHITECTURES = ("sequential", "branched")
+#: Names accepted by ``build``: the paper's two and the modern embedded reference nets.
+ARCHITECTURES = (*PAPER_ARCHITECTURES, "resnet8", "mobilenet_v1")
 
 #: Filters of the sequential net's C1..C14 (spec §9: C1-C6 32, C7-C14 64).
 SEQUENTIAL_FILTERS = (32,) * 6 + (64,) * 8
@@ -24,6 +29,29 @@ SEQUENTIAL_FILTERS = (32,) * 6 + (64,) * 8
 SEQUENTIAL_POOL_AFTER = (4, 8, 12)
 #: Filters ``f`` of the branched net's three Inception-style modules (spec §9).
 BRANCHED_MODULE_FILTERS = (16, 32, 64)
+#: (filters, stride) of ResNet-8's three stacks of one residual block each (MLPerf Tiny).
+RESNET8_STACKS = ((16, 1), (32, 2), (64, 2))
+#: L2 weight penalty of every ResNet-8 kernel, as in the MLPerf Tiny reference.
+RESNET8_L2 = 1e-4
+#: (pointwise filters at width 1.0, depthwise stride) of MobileNetV1's 13 depthwise-separable blocks,
+#: as in Howard et al. 2017, table 1.
+MOBILENET_V1_BLOCKS = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
+#: MobileNetV1's stem stride for 32x32 inputs: 1 (the paper: 2), so the maps end at 2x2, not 1x1.
+MOBILENET_V1_STEM_STRIDE = 1
 
 
 def sequential_cnn(input_shape: Sequence[int] = (28, 28, 1), classes: int = 10) -> keras.Model:
@@ -103,16 +131,124 @@ def branched_cnn(input_shape: Sequence[int] = (28, 28, 1), classes: int = 10, si
     return keras.Model(inputs, outputs, name="branched_cnn")
 
 
+def _conv_bn_relu(
+    x: keras.KerasTensor,
+    filters: int,
+    size: int,
+    strides: int,
+    name: str,
+    *,
+    relu: bool = True,
+    l2: float = 0.0,
+) -> keras.KerasTensor:
+    """Conv2D ``<name>`` (same-padded, linear) -> BatchNorm ``<name>_bn`` -> ReLU ``<name>_relu``."""
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    x = L.Conv2D(
+        filters,
+        size,
+        strides=strides,
+        padding="same",
+        kernel_initializer="he_normal",
+        kernel_regularizer=regularizer,
+        name=name,
+    )(x)
+    x = L.BatchNormalization(name=f"{name}_bn")(x)
+    return L.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def resnet8(
+    input_shape: Sequence[int] = (32, 32, 3), classes: int = 10, l2: float = RESNET8_L2
+) -> keras.Model:
+    """ResNet-8 of the MLPerf Tiny image-classification benchmark (Banbury et al. 2021, "MLPerf Tiny
+    Benchmark"; reference ``resnet_v1_eembc``), with ``Rescaling(1/255)`` and a split-off softmax.
+
+    Stem Conv 3x3 16 -> BN -> ReLU; three stacks (``RESNET8_STACKS``: 16, 32, 64 filters, stride 1,
+    2, 2) of one block Conv3x3-BN-ReLU-Conv3x3-BN, added to the block input (the 2nd and 3rd stacks
+    through a 1x1 stride-2 conv shortcut without BN) and ReLU; GlobalAveragePooling (the reference's
+    8x8 AveragePooling + Flatten on 32x32 inputs); Dense ``logits`` and Softmax. Convs keep their
+    bias and every kernel has the reference's L2 penalty ``l2`` (a built-in Keras regularizer: saved
+    and loaded without custom objects). On 32x32x3: 78,666 parameters (78,186 trainable + 480
+    BatchNorm moving statistics) and 12.50 M MACs per image, as in the reference.
+    """
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = L.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = _conv_bn_relu(x, 16, 3, 1, "stem", l2=l2)
+    for s, (filters, strides) in enumerate(RESNET8_STACKS, start=1):
+        y = _conv_bn_relu(x, filters, 3, strides, f"s{s}_conv1", l2=l2)
+        y = _conv_bn_relu(y, filters, 3, 1, f"s{s}_conv2", relu=False, l2=l2)
+        if strides != 1 or int(x.shape[-1]) != filters:
+            x = L.Conv2D(
+                filters,
+                1,
+                strides=strides,
+                padding="same",
+                kernel_initializer="he_normal",
+                kernel_regularizer=regularizer,
+                name=f"s{s}_shortcut",
+            )(x)
+        x = L.Add(name=f"s{s}_add")([x, y])
+        x = L.ReLU(name=f"s{s}_relu")(x)
+    x = L.GlobalAveragePooling2D(name="global_pool")(x)
+    x = L.Dense(classes, kernel_initializer="he_normal", kernel_regularizer=regularizer, name="logits")(x)
+    outputs = L.Softmax(name="softmax")(x)
+    return keras.Model(inputs, outputs, name="resnet8")
+
+
+def mobilenet_v1(
+    input_shape: Sequence[int] = (32, 32, 3), classes: int = 10, alpha: float = 0.25
+) -> keras.Model:
+    """MobileNetV1 with width multiplier ``alpha`` (Howard et al. 2017, "MobileNets"), adapted to
+    32x32 inputs, with ``Rescaling(1/255)`` and a split-off softmax.
+
+    Stem Conv 3x3 (32 * alpha filters) -> BN -> ReLU; the paper's 13 depthwise-separable blocks
+    (``MOBILENET_V1_BLOCKS``, the paper's filters times ``alpha`` and its strides), each
+    DepthwiseConv 3x3 -> BN -> ReLU -> Conv 1x1 -> BN -> ReLU; GlobalAveragePooling; Dense ``logits``
+    and Softmax. Adaptation to 32x32: the paper's first stride 2, the stem's, is dropped
+    (``MOBILENET_V1_STEM_STRIDE`` = 1), so the maps go 32 -> 16 -> 8 -> 4 -> 2 (blocks 2, 4, 6, 12)
+    instead of ending at 1x1, and the first layers see the full resolution. As in the paper (and
+    Keras' MobileNet) the convs have no bias (the BatchNorm supplies it); plain ReLU, no dropout.
+    On 32x32x3 with alpha 0.25: 221,114 parameters (215,642 trainable + 5,472 BatchNorm moving
+    statistics) and 3.33 M MACs per image (3,331,072).
+    """
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = L.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = L.Conv2D(
+        int(32 * alpha), 3, strides=MOBILENET_V1_STEM_STRIDE, padding="same", use_bias=False, name="stem"
+    )(x)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(name="stem_relu")(x)
+    for b, (filters, strides) in enumerate(MOBILENET_V1_BLOCKS, start=1):
+        x = L.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"b{b}_dw")(x)
+        x = L.BatchNormalization(name=f"b{b}_dw_bn")(x)
+        x = L.ReLU(name=f"b{b}_dw_relu")(x)
+        x = L.Conv2D(int(filters * alpha), 1, padding="same", use_bias=False, name=f"b{b}_pw")(x)
+        x = L.BatchNormalization(name=f"b{b}_pw_bn")(x)
+        x = L.ReLU(name=f"b{b}_pw_relu")(x)
+    x = L.GlobalAveragePooling2D(name="global_pool")(x)
+    x = L.Dense(classes, name="logits")(x)
+    outputs = L.Softmax(name="softmax")(x)
+    return keras.Model(inputs, outputs, name="mobilenet_v1")
+
+
 _BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "sequential": sequential_cnn,
     "branched": branched_cnn,
+    "resnet8": resnet8,
+    "mobilenet_v1": mobilenet_v1,
 }
 
 
-def build(arch: str, input_shape: Sequence[int] = (28, 28, 1), classes: int = 10) -> keras.Model:
-    """The architecture named ``arch`` (``"sequential"`` or ``"branched"``), untrained."""
+def build(arch: str, input_shape: Sequence[int] | None = None, classes: int = 10) -> keras.Model:
+    """The architecture named ``arch`` (one of ``ARCHITECTURES``), untrained.
+
+    ``input_shape`` defaults to the builder's own: 28x28x1 for the paper's nets, 32x32x3 for
+    ``resnet8`` and ``mobilenet_v1``.
+    """
     try:
         builder = _BUILDERS[arch]
     except KeyError:
         raise ValueError(f"unknown architecture {arch!r}; valid names: {', '.join(ARCHITECTURES)}") from None
+    if input_shape is None:
+        return builder(classes=classes)
     return builder(input_shape=input_shape, classes=classes)
