@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_costs import Sizes as Layer  # the LayerSizes of a tiny layer
 
 from optsearch.core.fixedpoint import Format
-from optsearch.core.tensors import TensorId, TensorKind
+from optsearch.core.tensors import TensorId
 from optsearch.methods.knapsack import Choice, CostModel, Product, allocate, cost_model, front
-
-
-@dataclass(frozen=True)
-class Layer:
-    """The ``LayerSizes`` of a tiny layer."""
-
-    name: str
-    has_bias: bool
-    macs: int
-    input_sources: tuple[str, ...]
-    counts: tuple[int, int, int]
-
-    def value_count(self, kind: TensorKind) -> int:
-        return dict(zip("WBA", self.counts, strict=True))[kind]
 
 
 def brute_force(choices: dict[TensorId, list[Choice]], capacity: float, model: CostModel) -> float | None:
