@@ -116,7 +116,7 @@ def allocate(
 ) -> Assignment | None:
     """The cheapest choice of one format per tensor with summed weight ``<= capacity``; None when
     even the lightest choices exceed it. Exact (HiGHS branch and bound to optimality)."""
-    program = _Program(choices, model)
+    program = Program(choices, model)
     return program.solve(capacity)
 
 
@@ -125,12 +125,12 @@ def front(
 ) -> list[Assignment | None]:
     """``allocate`` at every capacity (one program, solved once per capacity): the predicted Pareto
     front of cost against loss."""
-    program = _Program(choices, model)
+    program = Program(choices, model)
     return [program.solve(capacity) for capacity in capacities]
 
 
-class _Program:
-    """The mixed-integer program of ``allocate``, built once and solved for any capacity.
+class Program:
+    """The mixed-integer program of ``allocate``, built once and solved for any capacity (``solve``).
 
     Variables: ``x[t, i]`` binary (tensor ``t`` takes choice ``i``); per product ``p`` a continuous
     ``m[p]`` (its input width, at least every source's bitwidth) and ``z[p, i] = x[weight_p, i] m[p]``

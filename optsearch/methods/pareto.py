@@ -34,7 +34,7 @@ from optsearch.core.errors import OptsearchError
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 from optsearch.methods.evaluator import Evaluation, Evaluator
-from optsearch.methods.knapsack import Choice, CostModel, allocate, front
+from optsearch.methods.knapsack import Choice, CostModel, Program
 from optsearch.methods.sensitivity import Curve
 
 #: Rungs above a curve's highest measured point, each predicted at a quarter of the noise power of
@@ -192,13 +192,20 @@ class ParetoOutcome:
 
 def choices(curves: Mapping[TensorId, Curve], bw_cap: int = 24) -> dict[TensorId, list[Choice]]:
     """The knapsack's options: every ladder rung with its predicted noise power."""
-    return {t: [Choice(r.fmt, r.weight) for r in ladder(c, bw_cap)] for t, c in curves.items()}
+    return _options({t: ladder(c, bw_cap) for t, c in curves.items()})
+
+
+def _options(ladders: Mapping[TensorId, Sequence[Rung]]) -> dict[TensorId, list[Choice]]:
+    return {t: [Choice(r.fmt, r.weight) for r in rungs] for t, rungs in ladders.items()}
 
 
 def front_capacities(curves: Mapping[TensorId, Curve], top: float, bw_cap: int = 24) -> list[float]:
     """The front's grid: geometric from the most careful allocation's power (every tensor at its
     lowest prediction) to the cheapest's (every tensor at its fewest bits), at most ``top``."""
-    ladders = {t: ladder(c, bw_cap) for t, c in curves.items()}
+    return _grid({t: ladder(c, bw_cap) for t, c in curves.items()}, top)
+
+
+def _grid(ladders: Mapping[TensorId, Sequence[Rung]], top: float) -> list[float]:
     low = max(sum(min(r.weight for r in rungs) for rungs in ladders.values()), 1e-30)
     high = min(sum(rungs[0].weight for rungs in ladders.values()), top)
     if high <= low:
@@ -212,13 +219,22 @@ def pareto_front(
 ) -> tuple[FrontPoint, ...]:
     """The allocation at every capacity (a noise power; capacities with no answer, and those giving
     the same formats as the one before, left out)."""
-    options = choices(curves, bw_cap)
+    return _front(Program(choices(curves, bw_cap), model), capacities)
+
+
+def _front(program: Program, capacities: Sequence[float]) -> tuple[FrontPoint, ...]:
     out: list[FrontPoint] = []
-    for c, assignment in zip(capacities, front(options, list(capacities), model), strict=True):
-        if assignment is None or (out and out[-1].formats == assignment.formats):
+    for c in capacities:
+        point = _point(program, c)
+        if point is None or (out and out[-1].formats == point.formats):
             continue
-        out.append(FrontPoint(c, assignment.weight, assignment.cost, assignment.formats))
+        out.append(point)
     return tuple(out)
+
+
+def _point(program: Program, c: float) -> FrontPoint | None:
+    found = program.solve(c)
+    return None if found is None else FrontPoint(c, found.weight, found.cost, found.formats)
 
 
 def pareto_search(
@@ -245,22 +261,17 @@ def pareto_search(
     scale = flip_scale(curves)
     top_flips = max(capacity(test, reach if reach is not None else eps, float_correct, samples), k, 1)
     top = math.inf if scale is None else FRONT_SPAN * (top_flips / scale) ** 2
-    grid = front_capacities(curves, top, bw_cap)
+    ladders = {t: ladder(c, bw_cap) for t, c in curves.items()}  # built once, used by every step
+    program = Program(_options(ladders), model)
+    grid = _grid(ladders, top)
     nominal = None if scale is None else (max(k, 1) / scale) ** 2
     if nominal is not None and grid[0] < nominal < grid[-1]:
         grid = sorted({*grid, nominal})
-    frontier = list(pareto_front(curves, model, grid, bw_cap))
+    frontier = list(_front(program, grid))
     if not frontier:
         raise ParetoError("no allocation of the curves' formats exists: every tensor's curve is empty")
-    ladders = {t: ladder(c, bw_cap) for t, c in curves.items()}
     adjuster = _Adjuster(evaluator, ladders, model, eps, on_step)
-    options = choices(curves, bw_cap)
-
-    def solve(c: float) -> FrontPoint | None:
-        found = allocate(options, c, model)
-        return None if found is None else FrontPoint(c, found.weight, found.cost, found.formats)
-
-    chosen = adjuster.bisect(frontier, nominal, solve)
+    chosen = adjuster.bisect(frontier, nominal, lambda c: _point(program, c))
     if not adjuster.passes(adjuster.final):
         assert adjuster.final is not None
         raise ParetoError(
