@@ -20,6 +20,7 @@ from optsearch.config.schema import DEFAULTS, SETTINGS, check_run_document, run_
 from optsearch.config.yamlfile import Document
 from optsearch.core.errors import DataError, OptsearchError
 from optsearch.data import Dataset, to_class_indices
+from optsearch.methods.knapsack import OBJECTIVES
 from optsearch.results.folder import ResultFolder
 from optsearch.results.result import RunResult
 from optsearch.settings import RunSettings
@@ -112,12 +113,14 @@ def pareto(
     eps: float,
     *,
     out: str | Path | None = None,
+    objective: str | None = None,
     overwrite: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> RunResult:
     """A verified result for another budget from a ``--method pareto`` result's stored curves: the
-    allocation at ``eps``, verified, repaired and refined on the same search set; no curve is
-    measured again. ``out`` defaults to ``<result>-eps<eps>`` beside it."""
+    allocation at ``eps`` minimising ``objective`` (default: the result's), verified, repaired and
+    refined on the same search set; no curve is measured again. ``out`` defaults to
+    ``<result>-eps<eps>`` beside it."""
     from optsearch.model.environment import quiet_tensorflow
 
     quiet_tensorflow()
@@ -138,7 +141,10 @@ def pareto(
             f"--eps {eps:g}: the curves of {folder} reach {record.reach:g} (2 x its eps {earlier.eps:g}); "
             f"give an eps in (0, {record.reach:g}], or run again with a larger --eps"
         )
-    settings = earlier.settings.with_search(eps=eps)
+    objective = earlier.settings.search.objective if objective is None else objective
+    if objective not in OBJECTIVES:
+        raise OptsearchError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    settings = earlier.settings.with_search(eps=eps, objective=objective)
     if settings.data.spec == ARRAYS_SPEC:
         raise OptsearchError(
             f"{folder} was searched on in-memory arrays, which it does not keep: run optsearch.search "

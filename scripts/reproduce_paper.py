@@ -161,6 +161,7 @@ def request_for(run: PaperRun, data_dir: str, out: Path) -> Any:
         layer_order=run.layer_order,
         search_fraction=run.search_fraction,
         seed=0,
+        method="paper",  # Alg. 2, and
         criterion="paper",  # the paper's own acceptance test: the reproduction stays the paper's
         data_dir=data_dir,
     )

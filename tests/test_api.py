@@ -46,7 +46,7 @@ def test_import_is_light() -> None:
     """``import optsearch`` and building settings load no TensorFlow."""
     code = (
         "import sys, optsearch\n"
-        "s = optsearch.make_settings('m.keras', 'mnist', eps=0.02, allocation='constant')\n"
+        "s = optsearch.make_settings('m.keras', 'mnist', eps=0.02, allocation='constant', method='paper')\n"
         "assert s.search.eps == 0.02 and s.search.allocation['W'].scheme == 'constant'\n"
         "print('tensorflow' in sys.modules)\n"
     )

@@ -49,6 +49,7 @@ def test_job_names_folders_and_clashes(tmp_path: Path) -> None:
             "jobs:\n"
             "  - model: models/a.keras\n"
             "    allocation: [linear, quadratic]\n"
+            "    method: paper\n"
             "  - model: models/b.keras\n"
             "    name: '{model_name}-{data_name}-e{eps}'\n"
             "  - model: [models/c.keras, models/d.keras]\n"
@@ -90,12 +91,14 @@ def test_job_names_folders_and_clashes(tmp_path: Path) -> None:
 
 @pytest.fixture
 def zoo(files: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
-    """A batch file: an eps grid on the tiny model, and one job whose model file is missing."""
+    """A batch file: an eps grid on the tiny model, and one job whose model file is missing. Alg. 2
+    (method paper), whose search the interruption tests stop after a decision."""
     config = _write(
         tmp_path / "zoo.yaml",
         f"out: {tmp_path / 'runs'}\n"
         "defaults:\n"
         "  criterion: paper\n"
+        "  method: paper\n"
         f"  data: {files['data']}\n"
         "jobs:\n"
         f"  - model: {files['model']}\n"

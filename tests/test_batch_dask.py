@@ -54,10 +54,12 @@ def _half_written(root: Path) -> list[Path]:
 
 
 def _batch_file(path: Path, model: str, data: str, bad_data: str) -> Path:
-    """An eps grid, a job whose model is missing, and one whose data do not fit the model."""
+    """An eps grid, a job whose model is missing, and one whose data do not fit the model. Alg. 2
+    (method paper): the lost-worker test kills a worker after its search's second decision."""
     path.write_text(
         "defaults:\n"
         "  criterion: paper\n"
+        "  method: paper\n"
         f"  data: {data}\n"
         "jobs:\n"
         f"  - model: {model}\n"

@@ -82,13 +82,16 @@ def test_run_options_are_the_schema() -> None:
 
 
 def test_defaults_are_the_papers_final_method() -> None:
-    assert search_settings(DEFAULTS | {"model": "m", "data": "d"}) == SearchSettings()
-    independent = search_settings(DEFAULTS | {"independent": True})
+    """The default method is pareto; with --method paper the defaults are the paper's final method."""
+    assert search_settings(DEFAULTS | {"model": "m", "data": "d"}) == SearchSettings(method="pareto")
+    paper = DEFAULTS | {"method": "paper"}
+    assert search_settings(paper) == SearchSettings()
+    independent = search_settings(paper | {"independent": True})
     assert independent.bw0 == INDEPENDENT_BW0 and all(
         rule.scheme == "constant" and rule.end == 1.0 for rule in independent.allocation.values()
     )
     custom = search_settings(
-        DEFAULTS | {"allocation": "quadratic", "budget": (("A", "log", 0.5, 1.0),), "order": "A,W,B"}
+        paper | {"allocation": "quadratic", "budget": (("A", "log", 0.5, 1.0),), "order": "A,W,B"}
     )
     assert custom.type_order == ("A", "W", "B")
     assert custom.allocation["W"].scheme == "quadratic" and custom.allocation["A"].scheme == "log"

@@ -38,7 +38,7 @@ def larger(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def guarded(files: dict[str, Path], larger: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("guarded-run") / "result"
-    result = _run("run", files["model"], "--data", larger, "--eps", "0.01", "--out", out)
+    result = _run("run", files["model"], "--data", larger, "--eps", "0.01", "--method", "paper", "--out", out)
     assert result.exit_code == 0, result.output
     assert "held-out: eps 1.00%" in result.output and "at 95%" in result.output
     return out
@@ -130,8 +130,9 @@ def test_certification_tests_the_final_network_on_samples_no_decision_saw(
 ) -> None:
     out = tmp_path / "certified"
     result = _run(
-        "run", files["model"], "--data", larger, "--eps", "0.02", "--certify-fraction", "0.4", "--out", out
-    )
+        "run", files["model"], "--data", larger, "--eps", "0.02", "--certify-fraction", "0.4",
+        "--method", "paper", "--out", out,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "certify: the searched network on" in result.output
     data = json.loads((out / "formats.json").read_text())
@@ -162,6 +163,8 @@ def test_a_certification_set_too_small_to_certify_is_refused(
         "0.005",
         "--certify-fraction",
         "0.2",
+        "--method",
+        "paper",
         "--out",
         out,
     )

@@ -22,9 +22,10 @@ def _run(*args: object) -> Result:
 
 
 def _pareto_run(files: dict[str, Path], out: Path, *extra: object) -> Result:
+    """A run of the default method (pareto: docs/allocation.md says why), which is not named."""
     return _run(
         "run", files["model"], "--data", files["data"], "--criterion", "paper", "--search-fraction", "1.0",
-        "--eps", "0.1", "--method", "pareto", "--out", out, *extra,
+        "--eps", "0.1", "--out", out, *extra,
     )  # fmt: skip
 
 
@@ -72,6 +73,19 @@ def test_another_budget_from_the_stored_curves(result: Path, tmp_path: Path) -> 
     assert "curves from" in (out / "report.md").read_text()
 
 
+def test_another_objective_from_the_stored_curves(result: Path, tmp_path: Path) -> None:
+    out = tmp_path / "flash"
+    ran = _run("pareto", result, "--eps", "0.1", "--objective", "weights", "--out", out)
+    assert ran.exit_code == 0, ran.output
+    data = json.loads((out / "formats.json").read_text())
+    first = json.loads((result / "formats.json").read_text())
+    assert data["settings"]["objective"] == data["pareto"]["objective"] == "weights"
+    assert data["pareto"]["curve_evaluations"] == 0 and data["pareto"]["curves"] == first["pareto"]["curves"]
+    assert data["accuracy"]["search"]["quantized_loss"] <= 0.1
+    bad = _run("pareto", result, "--eps", "0.1", "--objective", "speed", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--objective" in bad.output and not (tmp_path / "bad").exists()
+
+
 def test_pareto_refuses_what_it_cannot_answer(result: Path, files: dict[str, Path], tmp_path: Path) -> None:
     beyond = _run("pareto", result, "--eps", "0.5", "--out", tmp_path / "x")
     assert beyond.exit_code == 2 and "reach" in beyond.output and "Traceback" not in beyond.output
@@ -79,7 +93,7 @@ def test_pareto_refuses_what_it_cannot_answer(result: Path, files: dict[str, Pat
     searched = tmp_path / "alg2"
     ran = _run(
         "run", files["model"], "--data", files["data"], "--criterion", "paper", "--search-fraction", "1.0",
-        "--eps", "0.1", "--out", searched,
+        "--eps", "0.1", "--method", "paper", "--out", searched,
     )  # fmt: skip
     assert ran.exit_code == 0, ran.output
     other = _run("pareto", searched, "--eps", "0.05", "--out", tmp_path / "y")
@@ -88,9 +102,14 @@ def test_pareto_refuses_what_it_cannot_answer(result: Path, files: dict[str, Pat
 
 def test_objective_and_method_are_checked(files: dict[str, Path], tmp_path: Path) -> None:
     alone = _run(
-        "run", files["model"], "--data", files["data"], "--objective", "bops", "--out", tmp_path / "o"
-    )
+        "run", files["model"], "--data", files["data"], "--objective", "bops", "--method", "paper",
+        "--out", tmp_path / "o",
+    )  # fmt: skip
     assert alone.exit_code == 2 and "use --method pareto" in alone.output
+    for alg2_only in (["--allocation", "constant"], ["--bw0", "8", "8", "8"], ["--delta", "0.001"]):
+        refused = _run("run", files["model"], "--data", files["data"], *alg2_only, "--out", tmp_path / "o")
+        assert refused.exit_code == 2 and "add --method paper" in refused.output, alg2_only
+        assert "Traceback" not in refused.output and not (tmp_path / "o").exists()
     certify = _pareto_run(files, tmp_path / "c", "--certify-fraction", "0.3")
     assert certify.exit_code == 2 and "certify fraction" in certify.output
 
@@ -158,6 +177,7 @@ def test_sensitivity_analytic_predicts_the_curves(files: dict[str, Path], tmp_pa
     assert data["accuracy"]["search"]["quantized_loss"] <= 0.1
     assert "curves predicted, not measured" in (tmp_path / "analytic" / "report.md").read_text()
     alone = _run(
-        "run", files["model"], "--data", files["data"], "--sensitivity", "analytic", "--out", tmp_path / "o"
-    )
+        "run", files["model"], "--data", files["data"], "--sensitivity", "analytic", "--method", "paper",
+        "--out", tmp_path / "o",
+    )  # fmt: skip
     assert alone.exit_code == 2 and "use --method pareto" in alone.output

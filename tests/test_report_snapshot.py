@@ -42,6 +42,8 @@ def test_report_of_a_tiny_run_matches_its_snapshot(files: dict[str, Path], tmp_p
             str(out),
             "--criterion",
             "paper",
+            "--method",
+            "paper",
         ],
     )
     assert result.exit_code == 0, result.output

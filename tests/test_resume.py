@@ -54,7 +54,18 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     y[:30] = (y[:30] + 1) % 3
     model.save(root / "model.keras")
     np.savez_compressed(root / "data.npz", x=x, y=y)
-    args = ["run", "model.keras", "--data", "data.npz", "--eps", "0.02", "--criterion", "paper"]
+    args = [
+        "run",
+        "model.keras",
+        "--data",
+        "data.npz",
+        "--eps",
+        "0.02",
+        "--criterion",
+        "paper",
+        "--method",
+        "paper",
+    ]
     cwd = os.getcwd()
     os.chdir(root)  # the same relative paths in every run: model.path and data.spec are in the result
     try:
@@ -204,7 +215,18 @@ def test_ctrl_c_in_process_keeps_the_work_folder_and_overwrite_discards_it(
 
     monkeypatch.setattr(optsearch.run.runner, "opt_search", interrupt_after_two)
     out = tmp_path / "out"
-    base = ["run", files["model"], "--data", files["data"], "--eps", "0.02", "--criterion", "paper"]
+    base = [
+        "run",
+        files["model"],
+        "--data",
+        files["data"],
+        "--eps",
+        "0.02",
+        "--criterion",
+        "paper",
+        "--method",
+        "paper",
+    ]
     result = _run(*base, "--out", out)
     assert result.exit_code == 130
     lines = [line for line in result.output.splitlines() if line.startswith("interrupted")]
@@ -225,7 +247,7 @@ def test_an_interrupted_batch_job_resumes(
     config = tmp_path / "b.yaml"
     config.write_text(
         f"out: {tmp_path / 'runs'}\ndefaults:\n  data: {files['data']}\njobs:\n"
-        f"  - model: {files['model']}\n    eps: 0.02\n    criterion: paper\n"
+        f"  - model: {files['model']}\n    eps: 0.02\n    criterion: paper\n    method: paper\n"
     )
     real_search = optsearch.run.runner.opt_search
 
@@ -262,6 +284,8 @@ def test_an_interrupted_batch_job_resumes(
         "--out",
         tmp_path / "direct",
         "--criterion",
+        "paper",
+        "--method",
         "paper",
     )
     assert direct.exit_code == 0

@@ -24,8 +24,9 @@ def _run(*args: object) -> Result:
 def finished(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "result"
     result = _run(
-        "run", files["model"], "--data", files["data"], "--eps", "0.02", "--out", out, "--criterion", "paper"
-    )
+        "run", files["model"], "--data", files["data"], "--eps", "0.02", "--out", out, "--criterion", "paper",
+        "--method", "paper",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
 
@@ -145,7 +146,10 @@ def test_bad_settings_write_nothing(
     files: dict[str, Path], tmp_path: Path, args: list[str], fragment: str
 ) -> None:
     out = tmp_path / "out"
-    result = _run("run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper", *args)
+    result = _run(
+        "run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper",
+        "--method", "paper", *args,
+    )  # fmt: skip
     assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
 
@@ -182,7 +186,10 @@ def test_formats_file_that_does_not_match_the_model(
 )
 def test_other_modes_and_orders_run(files: dict[str, Path], tmp_path: Path, args: list[str]) -> None:
     out = tmp_path / "out"
-    result = _run("run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper", *args)
+    result = _run(
+        "run", files["model"], "--data", files["data"], "--out", out, "--criterion", "paper",
+        "--method", "paper", *args,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads((out / "formats.json").read_text())
     assert len(data["steps"]) == 6

@@ -156,7 +156,7 @@ def _run(*args: object) -> Result:
 def _search_run(files: dict[str, Path], out: Path, *extra: str) -> Path:
     result = _run(
         "run", files["model"], "--data", files["data"], "--criterion", "paper", "--search-fraction", "1.0",
-        "--eps", "0.2", "--out", out, *extra,
+        "--eps", "0.2", "--method", "paper", "--out", out, *extra,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out

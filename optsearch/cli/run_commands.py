@@ -19,6 +19,7 @@ from optsearch.cli.options import (
     schema_options,
 )
 from optsearch.config.schema import BATCH_SETTINGS, CHECK_SETTINGS, CHECKS, RUN_SETTINGS
+from optsearch.methods.knapsack import OBJECTIVES
 from optsearch.model.environment import quiet_tensorflow
 
 
@@ -60,14 +61,18 @@ class _RunCommand(click.Command):
 def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
     """Search the smallest format (BW, F) of every weights, biases and activations tensor of MODEL.
 
-    The OptSearchCNN method (Alg. 2): per tensor, a diagonal descent of (BW, F), a bitwidth
-    reduction and a 3x3 local search, keeping the accuracy loss on the search set within the
-    tensor's share of --eps. Writes formats.json, formats.csv, report.md, search_log.jsonl, plots
-    and quantized.keras into --out.
+    By default (--method pareto) each tensor's loss is measured along OptSearchCNN's candidates
+    (its diagonal (BW, F) -> (BW-1, F-1) and bitwidth reduction) with the rest float, then the
+    formats that cost least within --eps are chosen, and the whole network is verified and
+    repaired until its loss on the search set meets --eps by the acceptance test. --method paper
+    is the paper's search (Alg. 2): per tensor, the diagonal, the reduction and a 3x3 local search
+    within the tensor's share of --eps. Writes formats.json, formats.csv, report.md,
+    search_log.jsonl, plots and quantized.keras into --out.
 
     \b
     Examples:
       optsearch run model.keras --data mnist --eps 0.01 --out runs/mnist
+      optsearch run model.keras --data mnist --method paper --out runs/alg2   (the paper's search)
       optsearch run --config job.yaml --eps 0.02     (the file's settings, eps from here)
     """
     from optsearch.config.schema import load_run_file, merge_run, missing_required, run_settings
@@ -154,20 +159,27 @@ def run(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
     default=None,
     help="Output folder (default: RESULT_DIR-epsEPS beside it).",
 )
+@click.option(
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    default=None,
+    help="What the allocation minimises (default: the result's): memory, weights (flash), "
+    "activations or bops. The curves do not depend on it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def pareto(result_dir: Path, eps: float, out: Path | None, overwrite: bool) -> None:
+def pareto(result_dir: Path, eps: float, out: Path | None, objective: str | None, overwrite: bool) -> None:
     """A verified result for another budget from a --method pareto result, without measuring again.
 
-    The result's sensitivity curves answer every budget up to twice its eps: the allocation at the
-    new eps is verified, repaired and refined on the same search set (a few dozen evaluations
-    instead of the hundreds the curves took). Run it in the folder the search ran in (the model and
-    data paths are the result's).
+    The result's sensitivity curves answer every budget up to twice its eps, for any --objective:
+    the allocation at the new eps is verified, repaired and refined on the same search set (a few
+    dozen evaluations instead of the hundreds the curves took). Run it in the folder the search ran
+    in (the model and data paths are the result's).
 
     \b
     Examples:
-      optsearch run model.keras --data mnist --eps 0.02 --method pareto --out runs/m2
+      optsearch run model.keras --data mnist --eps 0.02 --out runs/m2      (method pareto, the default)
       optsearch pareto runs/m2 --eps 0.01       (writes runs/m2-eps0.01)
-      optsearch pareto runs/m2 --eps 0.005 --out runs/m05
+      optsearch pareto runs/m2 --eps 0.005 --objective weights --out runs/m05w
     """
     quiet_tensorflow()
     from optsearch.api import pareto as pareto_result
@@ -178,7 +190,9 @@ def pareto(result_dir: Path, eps: float, out: Path | None, overwrite: bool) -> N
 
     check_out_dir(destination, overwrite, False)
     with _sigterm_interrupts():
-        result = pareto_result(result_dir, eps, out=destination, overwrite=overwrite, echo=click.echo)
+        result = pareto_result(
+            result_dir, eps, out=destination, objective=objective, overwrite=overwrite, echo=click.echo
+        )
     for line in summary_lines(result):
         click.echo(line)
     click.echo(f"wrote {destination}/ (report.md, formats.json, pareto.csv, search_log.jsonl, plots)")

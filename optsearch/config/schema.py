@@ -441,15 +441,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "method",
         Value("choice", choices=METHODS),
-        "paper",
-        "How the formats are chosen. paper: the search (Alg. 2). analytic: no search; Sakr & "
-        "Shanbhag's noise-gain-equalised precisions (docs/algorithm.md), the smallest whose predicted "
-        "mismatch probability bound fits eps read as a mismatch-probability budget eps*a (a: the float "
-        "accuracy); the network is evaluated once. pareto: each tensor's loss measured along Alg. 2's "
-        "candidates with the rest float, the formats that minimise --objective with the predicted loss "
-        "within eps (an exact knapsack), then the whole network verified, repaired and refined "
-        "(docs/algorithm.md); writes pareto.csv for every budget up to 2 x eps. Not with "
-        "--certify-fraction.",
+        "pareto",
+        "How the formats are chosen. pareto (the default; docs/allocation.md says why): each tensor's "
+        "loss measured along Alg. 2's candidates with the rest float, the formats that minimise "
+        "--objective with the predicted loss within eps (an exact knapsack), then the whole network "
+        "verified, repaired and refined (docs/algorithm.md); writes pareto.csv for every budget up to "
+        "2 x eps. paper: the search of the paper (Alg. 2), the only method with a budget per position "
+        "(--allocation, --budget), --bw0, --delta, --independent, --certify-fraction and --warm-start. "
+        "analytic: no search; Sakr & Shanbhag's noise-gain-equalised precisions (docs/algorithm.md), "
+        "the smallest whose predicted mismatch probability bound fits eps read as a "
+        "mismatch-probability budget eps*a (a: the float accuracy); the network is evaluated once.",
         "pareto",
     ),
     Setting(

@@ -42,8 +42,10 @@ class SearchError(OptsearchError):
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Every setting of Alg. 2 and of its budget and order (spec §6-§7). Defaults are the paper's, but
-    for the acceptance test: ``guarded`` (docs/algorithm.md), ``paper`` for Alg. 2's own."""
+    """Every setting of the search: the method, and Alg. 2's budget and order (spec §6-§7). The
+    defaults here are Alg. 2's, the paper's, but for the acceptance test: ``guarded``
+    (docs/algorithm.md), ``paper`` for Alg. 2's own. What a user gets by default (``--method pareto``,
+    docs/allocation.md says why) is the settings schema's (``config.schema``)."""
 
     eps: float = 0.01
     independent: bool = False
@@ -121,17 +123,22 @@ class SearchSettings:
             )
         if self.method == "pareto" and self.certify_fraction > 0:
             raise ValueError(
-                "method pareto verifies and repairs the whole network itself: leave certify fraction at 0, "
-                f"got {self.certify_fraction}"
+                "method pareto verifies and repairs the whole network itself: leave certify fraction at 0 "
+                f"(got {self.certify_fraction}), or add --method paper to certify Alg. 2's result"
             )
         if self.method == "pareto" and self.independent:
-            raise ValueError("method pareto allocates over the whole network: leave independent off")
+            raise ValueError(
+                "method pareto allocates over the whole network: leave independent off, or add "
+                "--method paper for Alg. 2's independent search"
+            )
+        if self.method != "paper":
+            self._refuse_search_only_settings()
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm start must be one of {WARM_STARTS}, got {self.warm_start!r}")
         if self.warm_start == "analytic" and self.method != "paper":
             raise ValueError(
                 f"warm start analytic starts Alg. 2's diagonals: method {self.method} has none; "
-                "use one or the other"
+                "add --method paper, or leave warm start at none"
             )
         if self.warm_start == "analytic" and self.independent:
             raise ValueError(
@@ -139,10 +146,33 @@ class SearchSettings:
                 "search): leave independent off or warm start at none"
             )
 
+    def _refuse_search_only_settings(self) -> None:
+        """Alg. 2's own settings (eq. 9's budget per position, BW0, delta) mean nothing to the other
+        methods: refuse them rather than ignore them, naming the way to keep them."""
+        changed = [
+            name
+            for name, value, default in (
+                ("allocation / budget", dict(self.allocation), PAPER_ALLOCATION),
+                ("bw0", dict(self.bw0), DEPENDENT_BW0),
+                ("delta", self.delta, SearchSettings.delta),
+            )
+            if value != default
+        ]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} Alg. 2's; method "
+                f"{self.method} does not use {'it' if len(changed) == 1 else 'them'}: add --method paper "
+                "(method: paper in YAML), or leave the default"
+            )
+
     @classmethod
     def independent_search(cls, eps: float = 0.003, **kwargs: object) -> SearchSettings:
         """The paper's independent search: every tensor gets ``eps`` alone, ``BW0 = 8`` (spec §7)."""
-        options: dict[str, object] = {"bw0": dict(INDEPENDENT_BW0), "allocation": constant_allocation(1.0)}
+        options: dict[str, object] = {
+            "method": "paper",
+            "bw0": dict(INDEPENDENT_BW0),
+            "allocation": constant_allocation(1.0),
+        }
         options.update(kwargs)
         return cls(eps=eps, independent=True, **options)  # type: ignore[arg-type]
 

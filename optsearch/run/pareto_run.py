@@ -52,8 +52,9 @@ class StoredCurves:
 
 def reusable_curves(settings: RunSettings, out: Path) -> StoredCurves | None:
     """The curves of a finished ``--method pareto`` result beside ``out`` that answer ``settings``
-    (same model file by sha256, same data and settings but eps, a reach of at least this eps), the
-    one reaching furthest; None when there is none. A batch's eps sweep measures its curves once."""
+    (same model file by sha256, same data and settings but eps and objective, a reach of at least
+    this eps), the one reaching furthest; None when there is none. A batch's eps or objective sweep
+    measures its curves once."""
     if settings.search.method != "pareto" or not out.parent.is_dir() or not settings.model.is_file():
         return None
     model_sha = sha256(settings.model)
@@ -68,7 +69,8 @@ def reusable_curves(settings: RunSettings, out: Path) -> StoredCurves | None:
         record = result.pareto
         if record is None or record.reach < settings.search.eps or result.model.sha256 != model_sha:
             continue
-        if settings.with_search(eps=result.eps).differences(result.settings):
+        same = settings.with_search(eps=result.eps, objective=result.settings.search.objective)
+        if same.differences(result.settings):  # eps and objective aside: the curves answer any
             continue
         found.append((record.reach, str(folder), record))
     if not found:
@@ -87,6 +89,12 @@ class ParetoFound:
     log: list[str]
     evaluations: int
     seconds: float
+
+
+def _untimed(data: dict[str, Any]) -> dict[str, Any]:
+    """A curve or step for formats.json: without its seconds, which search_log.jsonl and curves.jsonl
+    keep, so that two identical runs write the same formats.json (timings aside)."""
+    return {key: value for key, value in data.items() if key != "seconds"}
 
 
 def load_curves(path: Path) -> dict[TensorId, Curve]:
@@ -202,8 +210,8 @@ def pareto_stage(
         predicted=outcome.flips(outcome.allocated.predicted),
         scale=outcome.scale,
         curve_evaluations=curve_evaluations,
-        curves=[curves[t].to_dict() for t in tensors],
-        steps=[s.to_dict() for s in outcome.steps],
+        curves=[_untimed(curves[t].to_dict()) for t in tensors],
+        steps=[_untimed(s.to_dict()) for s in outcome.steps],
         front=[_front_dict(p, outcome, memory, test, float_correct, samples) for p in outcome.front],
         curves_from=None if stored is None else stored.source,
     )
