@@ -8,6 +8,7 @@ hls4ml's default mode (AP_TRN, AP_WRAP) equal to a numpy computation.
 from __future__ import annotations
 
 import math
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -284,3 +285,51 @@ def test_quantized_model_in_a_mode_equals_numpy(mode: QuantizerMode) -> None:
     np.testing.assert_array_equal(_bits(keras.ops.convert_to_numpy(qmodel.keras_model(x))), _bits(expected))
     if mode != DEFAULT_MODE:  # the modes really differ on this data
         assert not np.array_equal(_numpy_forward(model, DEFAULT_MODE, x), expected)
+
+
+def test_hls4ml_default_precision_matches_its_c_simulation(tmp_path: Path) -> None:
+    """The emulation in hls4ml's default mode against hls4ml's C simulation at its default precision
+    ``ap_fixed<16,6>`` (AP_TRN, AP_WRAP) for every weight, bias and result (compiles a tiny project:
+    seconds).
+
+    The accumulators are made wide, so that each dot product is exact as in the emulation, and the
+    inputs lie on the 2^-10 grid within range, so that hls4ml's input type keeps them: what is left
+    to compare is the truncation and wrap-around of the weights, biases and layer outputs."""
+    hls4ml = pytest.importorskip("hls4ml", reason="needs the optional extra: pip install -e '.[hls4ml]'")
+    if shutil.which("g++") is None:
+        pytest.skip("hls4ml's C simulation needs g++")
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    normal = {"kernel_initializer": "random_normal", "bias_initializer": "random_normal"}
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, activation="relu", name="d1", **normal),
+            L.Dense(3, name="d2", **normal),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    model.set_weights([w * 3 + rng.normal(size=w.shape) * 1e-4 for w in model.get_weights()])  # off-grid
+    x = np.round(rng.normal(scale=4.0, size=(200, 6)) * 1024) / 1024  # on the input grid, within +-32
+    config = hls4ml.utils.config_from_keras_model(
+        model, granularity="name", default_precision="ap_fixed<16,6>"
+    )
+    for name, layer in config["LayerName"].items():
+        precision = layer.setdefault("Precision", {})
+        for key in list(precision) or ["result"]:  # weight, bias, result: hls4ml's default type
+            precision[key] = "ap_fixed<16,6>"
+        if name in ("d1", "d2"):
+            precision["accum"] = "ap_fixed<48,24>"  # exact dot products
+    hls_model = hls4ml.converters.convert_from_keras_model(
+        model, hls_config=config, output_dir=str(tmp_path / "prj"), backend="Vivado", io_type="io_parallel"
+    )
+    hls_model.compile()
+    y_hls = np.asarray(hls_model.predict(np.ascontiguousarray(x)), dtype=np.float64).reshape(len(x), 3)
+    qmodel = quantized_model(model, "activation", mode=HLS4ML_DEFAULT_MODE)
+    qmodel.set_formats(dict.fromkeys(qmodel.tensors, Format(16, 10)))
+    y_emulated = np.asarray(qmodel.keras_model.predict(x.astype(np.float32), verbose=0), dtype=np.float64)
+    assert np.array_equal(y_hls, y_emulated)
+    # and not by chance: the default mode (convergent, saturating) computes other values here
+    qmodel_default = quantized_model(model, "activation", mode=DEFAULT_MODE)
+    qmodel_default.set_formats(dict.fromkeys(qmodel_default.tensors, Format(16, 10)))
+    assert not np.array_equal(y_hls, qmodel_default.keras_model.predict(x.astype(np.float32), verbose=0))
