@@ -75,3 +75,50 @@ def test_script_end_to_end(tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp
     # --render-only reads the cache and writes the same page
     assert bench.main(["--render-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "peers.md").read_text() == page
+
+
+def test_stored_curves_answer_the_min_weights_rows(
+    tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp_path: Path
+) -> None:
+    """The min. weights rows: optsearch pareto from a pareto search's curves, on its split, with the
+    target's verdict and the plot on the page."""
+    from click.testing import CliRunner
+
+    from optsearch.cli.main import cli
+
+    path, data, _, _ = tiny
+    searched = tmp_path / "allocation" / "tiny-pareto"
+    ran = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(path),
+            "--data",
+            str(data),
+            "--criterion",
+            "paper",
+            "--eps",
+            "0.1",
+            "--out",
+            str(searched),
+        ],
+    )
+    assert ran.exit_code == 0, ran.output
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "scripts" / "bench_peers.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--models", "tiny", "--model-dir", str(path.parent), "--data", str(data), "--samples", "60"]
+    argv += ["--allocation-dir", str(tmp_path / "allocation"), "--stored-eps", "0.05", "0.2"]
+    assert bench.main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "docs")]) == 0
+    stored = json.loads((tmp_path / "docs" / "peers" / "tiny-stored.json").read_text())
+    rows = {r["name"]: r for r in stored["rows"]}
+    assert set(rows) == {bench.stored_name(0.05), bench.stored_name(0.2)}
+    for row in rows.values():
+        folder = json.loads((Path(row["folder"]) / "formats.json").read_text())
+        assert row["samples"] == folder["data"]["held_out_samples"] and row["weights_bytes"] > 0
+        assert row["loss_interval"][0] <= row["loss"] <= row["loss_interval"][1]
+        assert folder["settings"]["objective"] == "weights" and folder["pareto"]["curve_evaluations"] == 0
+    page = (tmp_path / "docs" / "peers.md").read_text()
+    assert "| optsearch pareto, eps 5%, min. weights |" in page and "tiny: target **" in page
+    assert (tmp_path / "docs" / "peers" / "tiny.png").stat().st_size > 0
