@@ -65,6 +65,28 @@ def _conv1d() -> keras.Model:
     return keras.Model(inp, layers.Dense(4)(x), name="conv1d")
 
 
+def _zero_padding() -> keras.Model:
+    """MobileNet's stride-2 unit with a plain ReLU: ZeroPadding2D(((0, 1), (0, 1))) (its `conv_pad_N`),
+    then a valid stride-2 DepthwiseConv2D, BN-ReLU, and a pointwise conv."""
+    inp = keras.Input((16, 16, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(inp)))
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)))(x)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="valid")(x)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(8, 1)(x)))
+    out = layers.Dense(4)(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, out, name="zero_padding")
+
+
+def _conv1d_padding() -> keras.Model:
+    """ZeroPadding1D on the input and before a stride-2 Conv1D."""
+    inp = keras.Input((64, 2))
+    x = layers.Conv1D(8, 5, activation="relu")(layers.ZeroPadding1D(2)(inp))
+    x = layers.Conv1D(8, 3, strides=2, activation="relu")(layers.ZeroPadding1D((0, 1))(x))
+    out = layers.Dense(4)(layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inp, out, name="conv1d_padding")
+
+
 def _mlp() -> keras.Model:
     """hls4ml's jet-tagging shape: Dense-BN-ReLU, twice, then the logits."""
     inp = keras.Input((16,))
@@ -90,6 +112,8 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "densenet_block": _densenet_block,
     "ds_cnn": _ds_cnn,
     "conv1d": _conv1d,
+    "zero_padding": _zero_padding,
+    "conv1d_padding": _conv1d_padding,
     "mobilenet_block": _mobilenet_block,
     "mobilenet": lambda: _apps.MobileNet(alpha=0.25, input_shape=(32, 32, 3), weights=None, classes=4),
     "mobilenetv2": lambda: _apps.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=4),
@@ -98,8 +122,10 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     ),
     "efficientnetb0": lambda: _apps.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=4),
 }
-# The applications rescale 0..255 pixels themselves; the hand-built nets take standard-normal data.
+# The applications take 0..255 pixels; the hand-built nets take standard-normal data.
 PIXELS = {"mobilenet_block", "mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0"}
+# Those that rescale the pixels themselves (a leading Rescaling: it gives hls4ml's input type).
+RESCALED = {"mobilenet_block", "mobilenetv3small", "efficientnetb0"}
 
 OK = None
 RELU6 = "ReLU(max_value=6) (ReLU6) is a clip"
@@ -107,7 +133,15 @@ RELU6 = "ReLU(max_value=6) (ReLU6) is a clip"
 EXPECTED: dict[str, dict[str, tuple[str, str] | None]] = {
     **{
         name: {"run": OK, "verify": OK, "c": OK, "hls4ml": OK, "qonnx": OK}
-        for name in ("mlp", "resnet_block", "densenet_block", "ds_cnn", "conv1d")
+        for name in (
+            "mlp",
+            "resnet_block",
+            "densenet_block",
+            "ds_cnn",
+            "conv1d",
+            "zero_padding",
+            "conv1d_padding",
+        )
     },
     **{
         name: {
@@ -135,6 +169,8 @@ FAMILIES = [
     "densenet_block",
     "ds_cnn",
     "conv1d",
+    "zero_padding",
+    "conv1d_padding",
     "mobilenet_block",
     pytest.param("mobilenet", marks=_slow),  # about 35 s of search on 2 cores
     pytest.param("mobilenetv2", marks=_slow),  # about 130 s
@@ -176,8 +212,8 @@ def _steps(name: str, model: Path, data: Path, out: Path) -> dict[str, Result]:
     if results["run"].exit_code != 0:
         return results
     results["verify"] = _cli("verify", out)
-    # Without a leading Rescaling the input range is the user's to give (standard-normal data here).
-    hls_range = () if name in PIXELS else ("--input-range", "8")
+    # Without a leading Rescaling the input range is the user's to give: pixels, or standard-normal data.
+    hls_range = () if name in RESCALED else ("--input-range", "255" if name in PIXELS else "8")
     for target, extra in (("c", ()), ("hls4ml", hls_range), ("qonnx", ())):
         if target == "qonnx" and not _has_onnx():
             continue

@@ -38,6 +38,8 @@ OPS = (
     "global_max",
     "global_avg",
     "flatten",
+    "reshape",
+    "pad",
     "identity",
     "concat",
     "add",
@@ -97,6 +99,12 @@ class Node:
         None for a plain ReLU: ``min(max(x, 0), max_value)``."""
         m = self.attrs.get("max_value")
         return None if m is None else float(m)
+
+    @property
+    def pads(self) -> tuple[tuple[int, int], ...]:
+        """A ``pad`` node's zeros (before, after) per spatial axis, in the order of the channels-last
+        shape's spatial axes (1-D: width; 2-D: height, width)."""
+        return tuple((int(b), int(a)) for b, a in self.attrs["pads"])
 
     @property
     def fan_in(self) -> int:
@@ -235,7 +243,7 @@ def propagate(node: Node, inputs: list[Grid | None]) -> Grid | None:
     grids: list[Grid] = [g for g in inputs if g is not None]
     if op == "input":
         return None
-    if op in ("identity", "flatten", "maxpool", "global_max"):
+    if op in ("identity", "flatten", "reshape", "pad", "maxpool", "global_max"):  # pad: 0 is on every grid
         return grids[0]
     if op == "relu":
         return clip_grid(grids[0], node.max_value)

@@ -249,6 +249,11 @@ def _call(
         return f"os_relu({io}, {_relu_max(node)}, {relu_grid.f if relu_grid is not None else 0});"
     if op == "flatten":
         return f"os_flatten({io});"
+    if op == "reshape":
+        return f"os_reshape({io}, {oh}, {ow}, {out_shape[2]});"
+    if op == "pad":
+        (top, bottom), (left, right) = ((0, 0), *node.pads) if len(node.pads) == 1 else node.pads
+        return f"os_pad({io}, {top}, {bottom}, {left}, {right});"
     if op == "batchnorm":
         return f"os_batchnorm({io}, {ident}_scale, {ident}_shift);"
     if op in ("global_max", "global_avg"):

@@ -275,6 +275,8 @@ def _layer(
         return _grid_of(result), [(node.name, {"Precision": precision})]
     if op == "softmax":
         return None, [(node.name, {})]
+    # identity, flatten, reshape, pad (ZeroPadding: hls4ml gives it its input's type, which holds the zeros),
+    # max pooling, relu, concat, add: exact on the input's grid
     out = propagate(node, list(ins))
     if out is None:
         raise DeployError(f"layer '{node.name}' ({node.source}): no fixed-point type for its output")

@@ -7,7 +7,8 @@ A format ``(BW, F)`` is a ``Quant`` node (domain ``qonnx.custom_op.general``) wi
 all zeros) is not a signed 1-bit ``Quant`` (qonnx executes that as bipolar ``{-1, +1}``): pruned
 weights are zero initializers, pruned biases are left out, and a pruned activation is an
 unsigned narrow 1-bit ``Quant``, whose range is ``{0}``. The float operations between quantizers
-(Rescaling, BatchNorm, pooling, ReLU, add, concat, flatten, softmax) are standard ONNX operations.
+(Rescaling, BatchNorm, pooling, ReLU, add, concat, flatten, zero padding, softmax) are standard ONNX
+operations.
 
 Layout (docs/qonnx.md): the graph input and output have the Keras shapes (channels last); the
 tensors that ONNX's Conv, pooling and BatchNormalization read are channels first, and a
@@ -534,6 +535,9 @@ class _Exporter:
         x = self.value(node.inputs[0], CHANNELS_FIRST)
         channels = v.keras_shape[-1]
         pooled = (self.g.batch, channels, *([1] * (len(v.keras_shape) - 1)))
+        if node.attrs.get("keepdims"):  # (N, C, 1, 1): channels first, as the next Conv reads it
+            self.emit(node, self.g.add(op, [x], node.name, pooled), CHANNELS_FIRST)
+            return
         mid = self.g.add(op, [x], f"{node.name}_pooled", pooled)
         out = self.g.add("Flatten", [mid], node.name, self.shape(node.output_shape, CHANNELS_LAST), axis=1)
         self.emit(node, out, CHANNELS_LAST)
@@ -548,6 +552,31 @@ class _Exporter:
         x = self.value(node.inputs[0], CHANNELS_LAST)  # Keras' order: (H, W, C) row-major
         out = self.g.add("Flatten", [x], node.name, self.shape(node.output_shape, CHANNELS_LAST), axis=1)
         self.emit(node, out, CHANNELS_LAST)
+
+    def op_reshape(self, node: Node) -> None:
+        """Keras' Reshape: channels last (its element order), then ``Reshape`` to the Keras shape."""
+        x = self.value(node.inputs[0], CHANNELS_LAST)
+        shape = self.shape(node.output_shape, CHANNELS_LAST)
+        target = self.g.const(f"{node.name}_shape", np.asarray(shape, dtype=np.int64))
+        self.emit(node, self.g.add("Reshape", [x, target], node.name, shape), CHANNELS_LAST)
+
+    def op_pad(self, node: Node) -> None:
+        """ZeroPadding: ONNX ``Pad`` (mode constant, value 0) on the spatial axes, in the input's layout."""
+        v = self.values[node.inputs[0]]
+        rank = len(v.keras_shape)  # spatial axes and the channel axis, per sample
+        if len(node.pads) != rank - 1:
+            raise DeployError(
+                f"layer '{node.name}' ({node.source}): {len(node.pads)}-D padding of input shape "
+                f"{v.keras_shape} has no QONNX mapping"
+            )
+        first = 2 if v.layout == CHANNELS_FIRST else 1  # the first spatial axis, batch axis included
+        begins, ends = [0] * (rank + 1), [0] * (rank + 1)
+        for axis, (before, after) in enumerate(node.pads, start=first):
+            begins[axis], ends[axis] = before, after
+        pads = self.g.const(f"{node.name}_pads", np.asarray(begins + ends, dtype=np.int64))
+        zero = self.g.const(f"{node.name}_value", np.float32(0.0))
+        shape = self.shape(node.output_shape, v.layout)
+        self.emit(node, self.g.add("Pad", [v.name, pads, zero], node.name, shape, mode="constant"), v.layout)
 
     def merge_layout(self, node: Node) -> str:
         """The layout a merge computes in: its first input's."""

@@ -44,9 +44,10 @@ class Value:
 
 
 def scores_node(netlist: Netlist) -> str:
-    """The node whose values are the class scores compared with the model: the logits before a softmax."""
+    """The node whose values are the class scores compared with the model: the logits before a softmax
+    (and before a Reshape of them: MobileNet's 1x1-conv classifier)."""
     node = netlist.node(netlist.output)
-    while node.op in ("softmax", "identity"):
+    while node.op in ("softmax", "identity", "reshape"):
         node = netlist.node(node.inputs[0])
     return node.name
 
@@ -149,6 +150,12 @@ def _apply(node: Node, inputs: list[Value], grid: Grid | None, x: np.ndarray) ->
     if op == "flatten":
         v = inputs[0]
         return Value(v.data.reshape(v.data.shape[0], -1), v.f)
+    if op == "reshape":  # channels-last data reshape in Keras' (row-major) order
+        v = inputs[0]
+        return Value(v.data.reshape(v.data.shape[0], *node.output_shape), v.f)
+    if op == "pad":
+        v = inputs[0]
+        return Value(_pad(v.data, node), v.f)
     if op == "batchnorm":
         return Value(_batchnorm(node, inputs[0].real()), None)
     if op == "rescale":
@@ -162,10 +169,10 @@ def _apply(node: Node, inputs: list[Value], grid: Grid | None, x: np.ndarray) ->
         return Value(_pool(inputs[0].real(), node, "avg"), None)
     if op == "global_max":
         v = inputs[0]
-        return Value(v.data.max(axis=tuple(range(1, v.data.ndim - 1))), v.f)
+        return Value(_global(node, v.data.max(axis=_spatial(v.data))), v.f)
     if op == "global_avg":
         r = inputs[0].real()
-        return Value(r.mean(axis=tuple(range(1, r.ndim - 1))), None)
+        return Value(_global(node, r.mean(axis=_spatial(r))), None)
     if op in ("concat", "add"):
         return _merge(node, inputs, grid)
     if op == "softmax":
@@ -173,6 +180,24 @@ def _apply(node: Node, inputs: list[Value], grid: Grid | None, x: np.ndarray) ->
         e = np.exp(r - r.max(axis=-1, keepdims=True))
         return Value(e / e.sum(axis=-1, keepdims=True), None)
     raise ValueError(f"node {node.name}: no integer reference for operation {op!r}")
+
+
+def _spatial(x: np.ndarray) -> tuple[int, ...]:
+    """The spatial axes of a channels-last batch."""
+    return tuple(range(1, x.ndim - 1))
+
+
+def _global(node: Node, pooled: np.ndarray) -> np.ndarray:
+    """A global pooling's (N, C) result in its output shape (keepdims: (N, 1, 1, C) or (N, 1, C))."""
+    return pooled.reshape(pooled.shape[0], *node.output_shape)
+
+
+def _pad(x: np.ndarray, node: Node) -> np.ndarray:
+    """Zeros around the spatial axes of a (N, W, C) or (N, H, W, C) batch: codes or reals, exact."""
+    if x.ndim != len(node.pads) + 2:
+        raise ValueError(f"node {node.name}: {len(node.pads)}-D padding of a {x.ndim - 2}-D input")
+    padded: np.ndarray = np.pad(x, ((0, 0), *node.pads, (0, 0)))
+    return padded
 
 
 def _rescale(node: Node, v: Value, grid: Grid | None) -> Value:
@@ -433,10 +458,14 @@ def float32_bound(node: Node, inputs: list[Value], grid: Grid | None) -> np.ndar
     b = _bound_array(v)
     if op == "flatten":
         return b.reshape(b.shape[0], -1)
+    if op == "reshape":
+        return b.reshape(b.shape[0], *node.output_shape)
+    if op == "pad":  # the zeros are exact in float32 too
+        return _pad(b, node)
     if op == "maxpool":
         return _pool(b, node, "max")
     if op == "global_max":
-        return np.asarray(b.max(axis=tuple(range(1, b.ndim - 1))))
+        return _global(node, b.max(axis=_spatial(b)))
     r = np.abs(v.real())  # the magnitudes each operation's own rounding is relative to
     result: np.ndarray
     if op == "batchnorm":  # the scale's own rounding, the multiply, the shift, the add
@@ -453,8 +482,9 @@ def float32_bound(node: Node, inputs: list[Value], grid: Grid | None) -> np.ndar
         pool = node.attrs["pool_size"]
         result = _pool(b, node, "avg") + gamma(int(pool[0]) * int(pool[1]) + 1) * _pool(r, node, "avg")
     elif op == "global_avg":
-        axes = tuple(range(1, r.ndim - 1))
-        result = b.mean(axis=axes) + gamma(int(np.prod(r.shape[1:-1])) + 1) * r.mean(axis=axes)
+        axes = _spatial(r)
+        mean = b.mean(axis=axes) + gamma(int(np.prod(r.shape[1:-1])) + 1) * r.mean(axis=axes)
+        result = _global(node, mean)
     else:
         raise ValueError(f"node {node.name}: no float32 error bound for operation {op!r}")
     return result

@@ -114,6 +114,10 @@ def _node(
         return Node(op="identity", **base)
     if cls == "Flatten":
         return Node(op="flatten", **base)
+    if cls == "Reshape":  # to output_shape, in channels-last (row-major) order, as Keras
+        return Node(op="reshape", **base)
+    if cls in ("ZeroPadding1D", "ZeroPadding2D"):
+        return Node(op="pad", attrs={"pads": _zero_pads(layer, cls)}, **base)
     if cls == "Rescaling":
         scale, offset = np.asarray(layer.scale, float), np.asarray(layer.offset, float)
         if scale.size != 1 or offset.size != 1:
@@ -139,9 +143,8 @@ def _node(
         "GlobalAveragePooling1D",
         "GlobalAveragePooling2D",
     ):
-        if layer.keepdims:
-            raise _refuse(layer, "keepdims=True is not supported")
-        return Node(op="global_max" if "Max" in cls else "global_avg", **base)
+        keep = {"keepdims": True} if layer.keepdims else {}  # MobileNet: (1, 1, C), then a 1x1 conv
+        return Node(op="global_max" if "Max" in cls else "global_avg", attrs=keep, **base)
     if cls == "Concatenate":
         axis = layer.axis if layer.axis >= 0 else len(shape) + 1 + layer.axis
         return Node(op="concat", attrs={"axis": axis}, **base)
@@ -156,6 +159,21 @@ def _activation(layer: Any) -> str:
         return "linear"
     name = keras.activations.serialize(fn)
     return str(name if isinstance(name, str) else getattr(fn, "__name__", "custom"))
+
+
+def _zero_pads(layer: Any, cls: str) -> tuple[tuple[int, int], ...]:
+    """A ZeroPadding layer's (before, after) zeros per spatial axis (1-D: width; 2-D: height, width);
+    channels_first layers are refused with every other layer (``_node``)."""
+    rank = 1 if cls == "ZeroPadding1D" else 2
+    padding = layer.padding
+    pairs = (padding,) if rank == 1 else tuple(padding)
+    try:
+        pads = tuple((int(before), int(after)) for before, after in pairs)
+    except (TypeError, ValueError):
+        raise _refuse(layer, f"padding {padding!r} is not (before, after) zeros per axis") from None
+    if len(pads) != rank or any(p < 0 for pair in pads for p in pair):
+        raise _refuse(layer, f"padding {padding!r} is not (before, after) zeros per axis")
+    return pads
 
 
 def _float32(value: Any) -> float:

@@ -216,12 +216,38 @@ static void os_copy(const os_tensor *in, os_tensor *out) {
     }
 }
 
+/* Zero padding (ZeroPadding2D): top/bottom rows and left/right columns of zeros; exact (0 is a code
+ * of every format), so the values keep their grid. */
+static void os_pad(const os_tensor *in, os_tensor *out, int top, int bottom, int left, int right) {
+    *out = (os_tensor){in->h + top + bottom, in->w + left + right, in->c, in->fixed, in->f, out->code, out->real};
+    for (int y = 0; y < out->h; y++) {
+        for (int x = 0; x < out->w; x++) {
+            int iy = y - top, ix = x - left;
+            int inside = iy >= 0 && iy < in->h && ix >= 0 && ix < in->w;
+            for (int c = 0; c < in->c; c++) {
+                size_t o = ((size_t)y * out->w + x) * in->c + c;
+                size_t i = inside ? ((size_t)iy * in->w + ix) * in->c + c : 0;
+                if (in->fixed) out->code[o] = inside ? in->code[i] : 0;
+                else out->real[o] = inside ? in->real[i] : 0.0;
+            }
+        }
+    }
+}
+
 /* Flatten: channels-last data are already in Keras' flatten order; the shape becomes 1 x 1 x n. */
 static void os_flatten(const os_tensor *in, os_tensor *out) {
     os_copy(in, out);
     out->c = (int)os_size(in);
     out->h = 1;
     out->w = 1;
+}
+
+/* Reshape: channels-last data keep their (Keras') order; only the shape changes. */
+static void os_reshape(const os_tensor *in, os_tensor *out, int h, int w, int c) {
+    os_copy(in, out);
+    out->h = h;
+    out->w = w;
+    out->c = c;
 }
 
 static double os_value(const os_tensor *t, size_t i) {
