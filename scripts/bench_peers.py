@@ -55,8 +55,8 @@ TFLITE_MODES: tuple[Literal["int8", "int16x8"], ...] = ("int8", "int16x8")
 #: optsearch's searches, read from the measured caches of bench_budget / bench_allocation:
 #: (row name, cache folder under docs/).
 SEARCHES = (
-    ("optsearch Alg. 2, eps 1%", "budget/{model}-guarded-1"),
-    ("optsearch pareto, eps 1%", "allocation/{model}-pareto"),
+    ("optsearch Alg. 2, eps 1%", ("budget/{model}-guarded-1", "allocation/{model}-paper")),
+    ("optsearch pareto, eps 1%", ("allocation/{model}-pareto",)),
 )
 #: ``optsearch pareto`` from the stored curves of ``<allocation-dir>/<model>-pareto``: these budgets,
 #: minimising this objective.
@@ -223,15 +223,23 @@ def search_rows(model: str, docs: Path) -> list[dict[str, Any]]:
     """optsearch's searches on this model, from bench_budget's / bench_allocation's caches (the
     held-out half, the same split), or a row saying which command makes them."""
     out: list[dict[str, Any]] = []
-    for name, folder in SEARCHES:
-        cache = docs / folder.format(model=model)
-        measured, formats = cache / "measured.json", cache / "formats.json"
-        if not (measured.is_file() and formats.is_file()):
-            out.append({"name": name, "error": f"not measured yet (docs/{folder.format(model=model)})"})
+    for name, folders in SEARCHES:
+        caches = [docs / folder.format(model=model) for folder in folders]
+        cache = next(
+            (c for c in caches if (c / "measured.json").is_file() and (c / "formats.json").is_file()), None
+        )
+        if cache is None:
+            out.append({"name": name, "error": f"not measured yet ({' or '.join(map(str, caches))})"})
             continue
-        m, result = json.loads(measured.read_text()), json.loads(formats.read_text())
+        m, result = (
+            json.loads((cache / "measured.json").read_text()),
+            json.loads((cache / "formats.json").read_text()),
+        )
         held = m["held_out"]
         costs = result["costs"]["quantized"]
+        weights = costs.get("weights_bytes")
+        if weights is None:  # a file older than the count: the same packed bytes, from eq. 7's bit sums
+            weights = -(-(costs["memory_bits"]["W"] + costs["memory_bits"].get("B", 0)) // 8)
         out.append(
             {
                 "name": name,
@@ -239,7 +247,7 @@ def search_rows(model: str, docs: Path) -> list[dict[str, Any]]:
                 "accuracy": None,
                 "loss": held["loss"],
                 "loss_interval": held["interval"],
-                "weights_bytes": costs.get("weights_bytes"),
+                "weights_bytes": weights,
                 "peak_activation_bytes": costs.get("peak_activation_bytes"),
                 "seconds": result["timings"].get("search_seconds"),
             }
