@@ -130,19 +130,10 @@ RESCALED = {"mobilenet_block", "mobilenetv3small", "efficientnetb0"}
 OK = None
 RELU6 = "ReLU(max_value=6) (ReLU6) is a clip"
 # family -> step -> None (succeeds) or (layer, a part of the one-line refusal).
+#: The families that succeed at every step (and run fast).
+EVERYWHERE = ("mlp", "resnet_block", "densenet_block", "ds_cnn", "conv1d", "zero_padding", "conv1d_padding")
 EXPECTED: dict[str, dict[str, tuple[str, str] | None]] = {
-    **{
-        name: {"run": OK, "verify": OK, "c": OK, "hls4ml": OK, "qonnx": OK}
-        for name in (
-            "mlp",
-            "resnet_block",
-            "densenet_block",
-            "ds_cnn",
-            "conv1d",
-            "zero_padding",
-            "conv1d_padding",
-        )
-    },
+    **{name: {"run": OK, "verify": OK, "c": OK, "hls4ml": OK, "qonnx": OK} for name in EVERYWHERE},
     **{
         name: {
             "run": OK,
@@ -164,13 +155,7 @@ EXPECTED: dict[str, dict[str, tuple[str, str] | None]] = {
 
 _slow = pytest.mark.slow
 FAMILIES = [
-    "mlp",
-    "resnet_block",
-    "densenet_block",
-    "ds_cnn",
-    "conv1d",
-    "zero_padding",
-    "conv1d_padding",
+    *EVERYWHERE,
     "mobilenet_block",
     pytest.param("mobilenet", marks=_slow),  # about 35 s of search on 2 cores
     pytest.param("mobilenetv2", marks=_slow),  # about 130 s
