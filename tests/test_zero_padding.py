@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import images, make_result_dir
+from test_c_reference import CC, compile_and_run
 
 from optsearch.cli.main import cli
 from optsearch.core.fixedpoint import Format
@@ -29,7 +29,6 @@ from optsearch.core.netlist import Netlist, grids
 from optsearch.deploy import integer_ref
 
 L = keras.layers
-CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
 def _random_biases(model: keras.Model, seed: int) -> None:
@@ -189,15 +188,7 @@ def test_c_reference_pads_as_the_integer_reference(
     c = tmp_path / "c"
     source = (c / f"{prefix}_ref.c").read_text()
     assert all(call in source for call in calls), source
-    assert CC is not None
-    subprocess.run(
-        [CC, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-Wno-unused-function",
-         "-o", f"{prefix}_ref", f"{prefix}_ref.c", "-lm"],
-        cwd=c, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    x.astype(np.float32).tofile(c / "input.f32")
-    subprocess.run([str(c / f"{prefix}_ref"), "input.f32", str(len(x)), "output.txt"], cwd=c, check=True)
-    rows = np.loadtxt(c / "output.txt", ndmin=2)
+    rows = compile_and_run(c, prefix, x)
     assert np.array_equal(rows[:, 1:], _scores(_netlist(folder), x))
 
 
