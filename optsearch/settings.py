@@ -21,8 +21,13 @@ from optsearch.methods.opt_search import SearchSettings
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_CACHE_MB = 1024.0
 
+#: Search samples for the noise gains behind every report's predicted bits (issue 23).
+DEFAULT_PREDICT_SAMPLES = 500
+
 #: Settings that change only speed and memory, never a number of the result.
 PERFORMANCE_ONLY = ("batch_size", "cache_mb")
+#: Settings that change what the report predicts beside the found formats, never the formats.
+REPORT_ONLY = ("predict_samples",)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class RunSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     input_bits: int = 8
     cache_mb: float = DEFAULT_CACHE_MB
+    predict_samples: int = DEFAULT_PREDICT_SAMPLES
+    """Search samples for the noise gains of the report's predicted bits; 0 skips the prediction."""
 
     def with_search(self, **changes: Any) -> RunSettings:
         """These settings with some of Alg. 2's changed (``eps=0.005``)."""
@@ -91,6 +98,8 @@ class RunSettings:
             "input_bits": self.input_bits,
             "batch_size": self.batch_size,
             "cache_mb": self.cache_mb,
+            # Absent when 0, as in the files written before it existed (they predicted nothing).
+            **({"predict_samples": self.predict_samples} if self.predict_samples else {}),
         }
 
     @classmethod
@@ -143,6 +152,7 @@ class RunSettings:
             input_bits=settings.get("input_bits", 8),
             batch_size=settings.get("batch_size", DEFAULT_BATCH_SIZE),
             cache_mb=settings.get("cache_mb", DEFAULT_CACHE_MB),
+            predict_samples=settings.get("predict_samples", 0),  # older files predicted nothing
         )
 
     def differences(self, other: RunSettings) -> list[str]:
@@ -151,7 +161,7 @@ class RunSettings:
         out = []
         mine, theirs = _json(self.recorded()), _json(other.recorded())
         for key in sorted(set(mine) | set(theirs)):
-            if key not in PERFORMANCE_ONLY and mine.get(key) != theirs.get(key):
+            if key not in PERFORMANCE_ONLY + REPORT_ONLY and mine.get(key) != theirs.get(key):
                 out.append(f"{key} {theirs.get(key)!r} in the result, {mine.get(key)!r} here")
         data_mine, data_theirs = self.data.recorded(), other.data.recorded()
         for key in ("spec", "search_fraction", "seed", "scale", "resize"):
@@ -175,7 +185,7 @@ class RunSettings:
         if model_sha256 is not None:
             model["sha256"] = model_sha256
         return {
-            "settings": {k: v for k, v in self.recorded().items() if k != "cache_mb"},
+            "settings": {k: v for k, v in self.recorded().items() if k not in ("cache_mb", *REPORT_ONLY)},
             "model": model,
             "data": data,
             "unsafe_load": self.unsafe_load,

@@ -174,10 +174,11 @@ class KerasEvaluator:
         stop and return that lower bound (``exact=False``): a decision never changes by stopping.
         """
         total, test = len(self.data), self.acceptance
-        losses = gains = seen = float_seen = 0
+        losses = gains = seen = float_seen = mismatches = 0
         noise = 0.0
         for classes, scores, y in predicted:
             noise += output_noise(scores, self.float_scores[seen : seen + len(y)])
+            mismatches += int(np.sum(classes != self.float_predictions[seen : seen + len(y)]))
             right = self.float_right[seen : seen + len(y)]
             quantized_right = classes == y
             losses += int(np.sum(right & ~quantized_right))
@@ -203,6 +204,7 @@ class KerasEvaluator:
                         losses,
                         gains,
                         noise / seen,
+                        mismatches,
                     )
         loss = relative_loss(self.float_correct, self.float_correct - losses + gains)
         bound = (
@@ -218,6 +220,7 @@ class KerasEvaluator:
             losses,
             gains,
             noise / max(seen, 1),
+            mismatches,
         )
 
 

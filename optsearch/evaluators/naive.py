@@ -51,8 +51,8 @@ class NaiveEvaluator:
         self.samples = len(data)
         self.evaluations = 0
         self.acceptance = acceptance or AcceptanceTest("paper")
-        classes, self.float_scores = self._predict(model)
-        self.float_right = classes == data.y
+        self.float_classes, self.float_scores = self._predict(model)
+        self.float_right = self.float_classes == data.y
         self.float_correct = int(np.sum(self.float_right))
         if self.float_correct == 0:
             raise DataError(
@@ -103,6 +103,16 @@ class NaiveEvaluator:
             if test.criterion == "paper"
             else test.statistic(losses, gains, self.float_correct, self.samples)
         )
+        mismatches = int(np.sum(classes != self.float_classes))
         return Evaluation(
-            loss, correct, self.samples, True, time.perf_counter() - start, bound, losses, gains, noise
+            loss,
+            correct,
+            self.samples,
+            True,
+            time.perf_counter() - start,
+            bound,
+            losses,
+            gains,
+            noise,
+            mismatches,
         )

@@ -41,6 +41,9 @@ class Evaluation:
     """Mean over the samples evaluated of the squared distance between the network's outputs and the
     float model's (the quantization noise power at the output), when measured; over the samples
     seen only when ``exact`` is False."""
+    mismatches: int | None = None
+    """Samples whose top-1 class differs from the float model's (what Sakr & Shanbhag's bound
+    predicts, ``core.analytic``), when counted; among the samples seen when ``exact`` is False."""
 
     @property
     def statistic(self) -> float:

@@ -128,6 +128,7 @@ def report_markdown(result: RunResult) -> str:
             f"{_cell(t, 'A', 'ap_fixed')} ({layer.activation_at}) |"
         )
     lines += _accuracy_lines(result)
+    lines += _prediction_lines(result)
     lines += _float_input_lines(result)
     found, eight, f32 = (result.costs[k] for k in ("quantized", "uniform8", "float32"))
     vs8, vs32 = result.savings("uniform8"), result.savings("float32")
@@ -228,10 +229,66 @@ def _accuracy_lines(result: RunResult) -> list[str]:
     return lines + _budget_lines(result)
 
 
+def _mismatch_cells(result: RunResult) -> str:
+    """The measured mismatch (top-1 differs from the float model's) per data part, with counts."""
+    cells = [
+        f"{part.replace('_', '-')} {_pct(acc.mismatches / acc.samples)} ({acc.mismatches} of {acc.samples})"
+        for part, acc in result.accuracy.items()
+        if acc.mismatches is not None
+    ]
+    return ", ".join(cells) or "not counted"
+
+
+def _against_prediction(result: RunResult, bits: Mapping[str, int]) -> tuple[int, int, int]:
+    """Tensors found with more bits than predicted, with fewer, and all tensors."""
+    found = {str(t): f.bw for t, f in result.formats.items()}
+    above = sum(bw > bits[t] for t, bw in found.items() if t in bits)
+    below = sum(bw < bits[t] for t, bw in found.items() if t in bits)
+    return above, below, len(found)
+
+
+def _prediction_lines(result: RunResult) -> list[str]:
+    """Sakr & Shanbhag beside what the run found (issue 23): each tensor's predicted bits next to its
+    found bits, and Thm. 1's bound of the found formats next to the measured mismatch."""
+    a = result.analytic
+    if a is None or a.found_bound is None:
+        return []
+    lines = [
+        "",
+        "## Predicted without search (Sakr & Shanbhag)",
+        "",
+        f"Noise gains on {a.samples} search samples (`--predict-samples`; docs/algorithm.md). Thm. 1 "
+        "bounds the probability that quantization changes a prediction (the mismatch): "
+        f"{_pct(a.found_bound)} for the found formats, against the measured mismatch "
+        f"{_mismatch_cells(result)}. A first-order bound: above 100%, or where a format clips, it says "
+        "nothing.",
+    ]
+    if a.bits is None or a.b_min is None or a.bound is None:
+        return [*lines, "", f"No predicted precisions: {a.note}."]
+    above, below, total = _against_prediction(result, a.bits)
+    lines += [
+        "",
+        f"Predicted bits: the noise-gain-equalised precisions `--method analytic` chooses at eps "
+        f"(B_min {a.b_min}: bound {_pct(a.bound)} within the mismatch budget {_pct(a.budget)} = eps x "
+        f"float accuracy). The search found more bits than predicted on {above} of {total} tensors "
+        f"and fewer on {below}. Cells: found / predicted bits.",
+        "",
+        "| layer | W | B | A |",
+        "|---|---:|---:|---:|",
+    ]
+    for layer in result.layers:
+        cells = []
+        for kind in TENSOR_KINDS:
+            t, bits = layer.tensors.get(kind), a.predicted_bits(layer.name, kind)
+            cells.append("-" if t is None else f"{t.bw} / {'-' if bits is None else bits}")
+        lines.append(f"| {layer.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _analytic_lines(result: RunResult) -> list[str]:
     """``--method analytic``: the predicted mismatch bound beside the loss measured on the search set."""
     a = result.analytic
-    if a is None:
+    if a is None or result.settings.search.method != "analytic" or a.bound is None:
         return []
     return [
         f"- method analytic (no search, noise-gain equalised; {a.samples} samples for the noise gains): "
@@ -444,6 +501,7 @@ def summary_lines(result: RunResult) -> list[str]:
             f"{sizes['peak_activations']:,} bytes (at {found.peak_step}), {_pct(hw8['peak_activations'])} "
             "less than 8-bit"
         )
+    lines += _prediction_summary(result)
     lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")
     causes = result.model.float_inputs or {}
     if causes:
@@ -452,6 +510,23 @@ def summary_lines(result: RunResult) -> list[str]:
             "after the quantizer): exact fixed-point accuracy can differ, `optsearch verify` measures it"
         )
     return lines
+
+
+def _prediction_summary(result: RunResult) -> list[str]:
+    """The terminal's line on Sakr & Shanbhag's prediction (the report has the table)."""
+    a = result.analytic
+    if a is None or a.found_bound is None:
+        return []
+    search = result.accuracy["search"]
+    measured = (
+        "" if search.mismatch_rate is None else f" (measured on the search set: {_pct(search.mismatch_rate)})"
+    )
+    if a.bits is None:
+        predicted = "no predicted precisions within the budget"
+    else:
+        above, _, total = _against_prediction(result, a.bits)
+        predicted = f"found more bits than predicted on {above} of {total} tensors"
+    return [f"predicted (Sakr & Shanbhag): mismatch bound {_pct(a.found_bound)}{measured}; {predicted}"]
 
 
 def _fold_lines(result: RunResult) -> list[str]:

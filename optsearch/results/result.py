@@ -5,6 +5,7 @@ No Keras here. ``RunResult.to_dict`` / ``from_dict`` round-trip through JSON wit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,6 +103,14 @@ class Accuracy:
     """Samples the float model gets wrong and the found formats right."""
     uniform8_losses: int | None = None
     uniform8_gains: int | None = None
+    mismatches: int | None = None
+    """Samples whose top-1 class under the found formats differs from the float model's (the
+    mismatch that ``AnalyticRecord.found_bound`` predicts); absent before issue 23."""
+
+    @property
+    def mismatch_rate(self) -> float | None:
+        """``mismatches / samples``, when counted."""
+        return None if self.mismatches is None else self.mismatches / self.samples
 
     @property
     def counted(self) -> bool:
@@ -250,13 +259,30 @@ _OPTIONAL_MODEL = ("batchnorm_folds", "float_accuracy_before_folding", "float_in
 
 @dataclass(frozen=True)
 class AnalyticRecord:
-    """What ``--method analytic`` predicted (``core.analytic``): the mismatch bound of the chosen
-    formats, the budget ``eps * a`` it fits, ``B_min``, and the samples the noise gains were taken on."""
+    """Sakr & Shanbhag's prediction for a run (``core.analytic``, issue 23): the noise-gain-equalised
+    precisions ``--method analytic`` chooses at eps (``B_min``, each tensor's bits, their mismatch
+    bound within the budget ``eps * a``), and the bound of the formats the run found, to set beside
+    the measured mismatch (``Accuracy.mismatches``).
 
-    bound: float
+    ``--method analytic``'s formats are the prediction. Files of session 9 hold only the first four
+    fields, and only for ``--method analytic``."""
+
+    bound: float | None
+    """Thm. 1's bound of the predicted formats; None when no ``B_min`` fits the budget."""
     budget: float
-    b_min: int
+    b_min: int | None
     samples: int
+    """Search samples the noise gains were taken on."""
+    bits: dict[str, int] | None = None
+    """Predicted bitwidth per tensor (``layer:W``); None when no ``B_min`` fits."""
+    found_bound: float | None = None
+    """Thm. 1's bound of the formats the run found."""
+    note: str | None = None
+    """Why there is no prediction (no ``B_min`` fits the budget), else None."""
+
+    def predicted_bits(self, layer: str, kind: str) -> int | None:
+        """The predicted bitwidth of one tensor, if predicted."""
+        return None if self.bits is None else self.bits.get(f"{layer}:{kind}")
 
 
 @dataclass(frozen=True)
@@ -308,7 +334,8 @@ class RunResult:
     schema: str = FORMATS_SCHEMA
     log: list[str] = field(default_factory=list)
     analytic: AnalyticRecord | None = None
-    """``--method analytic``'s prediction; None for a search (and files before issue 23)."""
+    """Sakr & Shanbhag's predicted bits and bounds (``--predict-samples``; always for ``--method
+    analytic``); None when skipped (and in older files)."""
     pareto: ParetoRecord | None = None
     """``--method pareto``'s curves, steps and front; None for the other methods."""
 
@@ -378,7 +405,11 @@ class RunResult:
             "schema": self.schema,
             "log": self.log,
             "savings": {"vs_uniform8": self.savings("uniform8"), "vs_float32": self.savings("float32")},
-            **({} if self.analytic is None else {"analytic": asdict(self.analytic)}),
+            **(
+                {}
+                if self.analytic is None
+                else {"analytic": _without_absent(asdict(self.analytic), _OPTIONAL_ANALYTIC)}
+            ),
             **({} if self.pareto is None else {"pareto": asdict(self.pareto)}),
         }
 
@@ -435,9 +466,14 @@ class RunResult:
             versions=data["versions"],
             schema=data["schema"],
             log=data.get("log", []),
-            analytic=AnalyticRecord(**data["analytic"]) if "analytic" in data else None,
+            analytic=_analytic(data["analytic"]) if "analytic" in data else None,
             pareto=ParetoRecord(**data["pareto"]) if "pareto" in data else None,
         )
+
+
+def _analytic(data: Mapping[str, Any]) -> AnalyticRecord:
+    """formats.json's ``analytic`` without the keys files of session 9 lack."""
+    return AnalyticRecord(**{k: v for k, v in data.items() if k in AnalyticRecord.__dataclass_fields__})
 
 
 def _without_absent(data: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
@@ -445,8 +481,16 @@ def _without_absent(data: dict[str, Any], optional: tuple[str, ...]) -> dict[str
     return {k: v for k, v in data.items() if k not in optional or v is not None}
 
 
+_OPTIONAL_ANALYTIC = ("bits", "found_bound", "note")
 _OPTIONAL_TENSOR = ("bound", "scheduled_eps", "added_bits")
-_OPTIONAL_ACCURACY = ("float_correct", "losses", "gains", "uniform8_losses", "uniform8_gains")
+_OPTIONAL_ACCURACY = (
+    "float_correct",
+    "losses",
+    "gains",
+    "uniform8_losses",
+    "uniform8_gains",
+    "mismatches",
+)
 _OPTIONAL_COSTS = (
     "weights_bytes",
     "weights_bytes_aligned",

@@ -24,7 +24,7 @@ from optsearch.core import analytic
 from optsearch.core.analytic import NoiseGains
 from optsearch.core.confidence import loss_upper_bound, samples_needed
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
-from optsearch.core.errors import OptsearchError
+from optsearch.core.errors import ModelError, OptsearchError
 from optsearch.core.files import sha256
 from optsearch.core.fixedpoint import Format
 from optsearch.core.memory import buffer_bits, peak_activation_memory, uniform_buffer_bits, weights_memory
@@ -117,6 +117,9 @@ class Prepared:
     """No tensor's budget below this: the smallest loss the guarded test can certify on the search set."""
     certify_set: Dataset | None = None
     """The part of the search data no decision sees (``--certify-fraction``), or None."""
+    gains: NoiseGains | None = None
+    """The noise gains once measured (``measured_gains``): the analytic method, warm start or
+    sensitivity take them, the report's prediction reuses them."""
 
     @property
     def qmodel(self) -> QuantizedModel:
@@ -165,8 +168,8 @@ def run(
 
     with work_dir(out, overwrite, resume, keep) as tmp:
         if settings.search.method == "analytic":
-            searched, record = analytic_stage(prepared, settings, tmp, echo)
-            result = replace(measure(prepared, settings, searched, started), analytic=record)
+            searched = analytic_stage(prepared, settings, tmp, echo)
+            result = measure(prepared, settings, searched, started)
         elif settings.search.method == "pareto":
             write_request(tmp, fingerprint)
             if stored is None and settings.search.sensitivity == "analytic":
@@ -204,6 +207,7 @@ def run(
                 )
             certification = certify_stage(prepared, settings, searched, echo)
             result = measure(prepared, settings, searched, started, certification)
+        result = replace(result, analytic=prediction(prepared, settings, result.formats, echo))
         write_result(result, prepared, tmp)
         for name in (REQUEST_FILE, DECISIONS_FILE, CURVES_FILE):
             (tmp / name).unlink(missing_ok=True)
@@ -414,6 +418,18 @@ def gain_samples(
     return np.concatenate([x for x, _ in batches(chosen, batch_size, prepared.inputs.preprocess)])
 
 
+def measured_gains(
+    prepared: Prepared, settings: RunSettings, echo: Echo, label: str, limit: int = ANALYTIC_GAIN_SAMPLES
+) -> NoiseGains:
+    """The noise gains of every tensor on ``gain_samples`` (at most ``limit``), measured once per run."""
+    if prepared.gains is None:
+        qmodel = prepared.qmodel
+        x = gain_samples(prepared, settings.batch_size, settings.data.seed, limit)
+        echo(f"{label}: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
+        prepared.gains = noise_gains(qmodel, x)
+    return prepared.gains
+
+
 def analytic_plan(
     prepared: Prepared, settings: RunSettings, echo: Echo, option: str, label: str
 ) -> tuple[analytic.AnalyticPlan, NoiseGains]:
@@ -422,9 +438,7 @@ def analytic_plan(
     (``core.analytic.choose_b_min``). ``option`` names the flag that asked, in errors; ``label``
     starts the line echoed."""
     search, qmodel = settings.search, prepared.qmodel
-    x = gain_samples(prepared, settings.batch_size, settings.data.seed)
-    echo(f"{label}: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
-    gains = noise_gains(qmodel, x)
+    gains = measured_gains(prepared, settings, echo, label)
     try:
         budget = analytic.mismatch_budget(search.eps, prepared.evaluator.float_accuracy)
         plan = analytic.choose_b_min(
@@ -435,13 +449,37 @@ def analytic_plan(
     return plan, gains
 
 
+def prediction(
+    prepared: Prepared, settings: RunSettings, found: Mapping[TensorId, Format], echo: Echo
+) -> AnalyticRecord | None:
+    """Sakr & Shanbhag beside the found formats (issue 23): the bits ``--method analytic`` would
+    choose at eps and their bound, and the bound of ``found``. None when ``--predict-samples 0``
+    and no gains were measured, or when the model has no class scores to take margins of."""
+    if settings.predict_samples == 0 and prepared.gains is None:
+        return None
+    try:
+        gains = measured_gains(prepared, settings, echo, "prediction", settings.predict_samples)
+    except ModelError as err:
+        echo(f"prediction skipped: {err}")
+        return None
+    found_bound = analytic.mismatch_bound(gains, found, prepared.magnitudes)
+    search, evaluator = settings.search, prepared.evaluator
+    try:
+        budget = analytic.mismatch_budget(search.eps, evaluator.float_accuracy)
+        plan = analytic.choose_b_min(
+            gains, prepared.magnitudes, budget, search.offset_rule, park_floors(prepared.qmodel)
+        )
+    except ValueError as err:
+        budget = search.eps * evaluator.float_accuracy
+        return AnalyticRecord(None, budget, None, gains.samples, found_bound=found_bound, note=str(err))
+    bits = {str(t): f.bw for t, f in plan.formats.items()}
+    return AnalyticRecord(plan.bound, budget, plan.b_min, gains.samples, bits, found_bound)
+
+
 def analytic_curves(prepared: Prepared, settings: RunSettings, echo: Echo) -> StoredCurves:
     """``--sensitivity analytic``: every tensor's curve predicted from its noise gain on
     ``gain_samples`` (``methods.sensitivity.predicted_curves``), none measured (issue 23)."""
-    qmodel = prepared.qmodel
-    x = gain_samples(prepared, settings.batch_size, settings.data.seed)
-    echo(f"sensitivity analytic: noise gains of {len(qmodel.tensors)} tensors on {len(x)} search samples")
-    gains = noise_gains(qmodel, x)
+    gains = measured_gains(prepared, settings, echo, "sensitivity analytic")
     curves = predicted_curves(gains.gains, prepared.magnitudes, settings.search.offset_rule)
     source = f"analytic: Sakr & Shanbhag noise gains on {gains.samples} search samples"
     return StoredCurves(curves, source, CURVE_REACH * settings.search.eps)
@@ -528,9 +566,7 @@ def analytic_formats(
     return SearchOutcome(tuple(decisions), 1, seconds), record, records
 
 
-def analytic_stage(
-    prepared: Prepared, settings: RunSettings, tmp: Path, echo: Echo
-) -> tuple[Searched, AnalyticRecord]:
+def analytic_stage(prepared: Prepared, settings: RunSettings, tmp: Path, echo: Echo) -> Searched:
     """``analytic_formats`` with its search log written and its line in the run's log."""
     outcome, record, records = analytic_formats(prepared, settings, echo)
     with open(tmp / LOG_FILE, "w") as log_file:
@@ -543,7 +579,7 @@ def analytic_stage(
         f"loss {loss:.3%} on the search set"
     )
     echo(summary)
-    return Searched(outcome, [summary], outcome.seconds, None), record
+    return Searched(outcome, [summary], outcome.seconds, None)
 
 
 def certify_stage(
@@ -787,6 +823,7 @@ def _accuracy(
         q.gains,
         u.losses,
         u.gains,
+        q.mismatches,
     )
 
 
