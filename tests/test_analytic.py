@@ -30,7 +30,7 @@ from optsearch.core.analytic import (
 from optsearch.core.fixedpoint import Format, start_format
 from optsearch.core.tensors import TensorId
 from optsearch.model.graph import QuantizedModel, quantized_model
-from optsearch.model.noise_gain import classifier, noise_gains, park_floors
+from optsearch.model.noise_gain import classifier, needs_pairs, noise_gains, park_floors
 
 L = keras.layers
 
@@ -162,6 +162,35 @@ def test_noise_gains_use_float_values_and_a_subset() -> None:
         assert part.gains[tensor] == pytest.approx(full.gains[tensor], rel=1e-9)
     with pytest.raises(KeyError, match="nope:A"):
         noise_gains(qmodel, x, tensors=[TensorId("nope", "A")])
+
+
+def _shortcut_net(size: int) -> keras.Model:
+    """ResNet's strided 1x1 shortcut beside a 3x3 path, on ``size`` x ``size`` inputs."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((size, size, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c0")(inputs)
+    main = L.Conv2D(8, 3, strides=2, padding="same", name="main")(x)
+    short = L.Conv2D(8, 1, strides=2, name="short")(x)
+    x = L.ReLU(name="r")(L.Add(name="add")([main, short]))
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, L.Dense(4, name="out")(x))
+
+
+def test_noise_gains_of_a_strided_1x1_shortcut() -> None:
+    """TensorFlow 2.21's oneDNN filter gradient of a 1x1 stride-2 convolution aborts the process on
+    one 16x16 sample: such models are differentiated in pairs, with the same gains as one by one
+    where one by one works (8x8)."""
+    qmodel = quantized_model(_shortcut_net(16))
+    assert needs_pairs(qmodel.keras_model)
+    x = np.random.default_rng(3).normal(size=(6, 16, 16, 3)).astype(np.float32)
+    gains = noise_gains(qmodel, x)
+    assert all(np.isfinite(g) and g > 0 for g in gains.gains.values())
+    small = quantized_model(_shortcut_net(8))
+    x8 = x[:, :8, :8]
+    paired, single = noise_gains(small, x8, pairs=True), noise_gains(small, x8, pairs=False)
+    for tensor, gain in single.gains.items():
+        assert paired.gains[tensor] == pytest.approx(gain, rel=1e-6)
+    assert not needs_pairs(tiny_model())
 
 
 # --------------------------------------------------------------------------------------------------

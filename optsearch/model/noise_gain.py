@@ -119,10 +119,26 @@ def _probe(qmodel: QuantizedModel, tensors: Sequence[TensorId]) -> _Probe:
     )
 
 
-def _squared_norm_fn(probe: _Probe, tensors: Sequence[TensorId]) -> Any:
+def needs_pairs(model: keras.Model) -> bool:
+    """Whether ``model`` has a strided convolution with a kernel 1 wide along some axis (ResNet's 1x1
+    shortcut). TensorFlow 2.21's oneDNN filter gradient of such a convolution aborts the process
+    ("double free or corruption") on a batch of one sample: 1x1 stride 2 on 10x10, 14x14 or 16x16
+    inputs, never on two samples. Per-sample gradients then run on the sample and a copy of it."""
+    for layer in model.layers:
+        strides, kernel = getattr(layer, "strides", None), getattr(layer, "kernel_size", None)
+        if strides is None or kernel is None or isinstance(layer, keras.layers.DepthwiseConv2D):
+            continue
+        if max(strides) > 1 and min(kernel) == 1:
+            return True
+    return False
+
+
+def _squared_norm_fn(probe: _Probe, tensors: Sequence[TensorId], rows: int) -> Any:
     """A traced ``(x, yhat, c) -> [batch, tensors]``: ``sum_h |d(z_yhat - z_c)/dh|**2`` per sample.
 
-    Per-sample gradients: one sample's forward and backward pass, vectorised over the batch.
+    Per-sample gradients: one sample's forward and backward pass, vectorised over the batch. With
+    ``rows`` 2 the sample is passed with a copy of itself and differentiated on the first row only
+    (``needs_pairs``): the same gradients, since the rows do not interact at inference.
     """
     variables = [v.value for t in tensors for v in probe.sources[t]]
     spans, start = [], 0
@@ -143,7 +159,7 @@ def _squared_norm_fn(probe: _Probe, tensors: Sequence[TensorId]) -> Any:
             xi, yi = args
             with tf.GradientTape() as tape:
                 tape.watch(variables)
-                z = probe.model(xi[None], training=False)[0]
+                z = probe.model(tf.repeat(xi[None], rows, axis=0), training=False)[0]
                 margin = tf.gather(z, yi) - tf.gather(z, c)
             grads = tape.gradient(margin, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             norms = [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads]
@@ -171,11 +187,13 @@ def noise_gains(
     x: np.ndarray,
     tensors: Iterable[TensorId] | None = None,
     batch_size: int = DEFAULT_GAIN_BATCH,
+    pairs: bool | None = None,
 ) -> NoiseGains:
     """``E_t`` of the float model behind ``qmodel`` for each of ``tensors`` (default: all) on ``x``.
 
     Samples whose top two float scores tie are counted as ``ambiguous`` and left out of the sums;
-    ``E_t`` is still averaged over all samples (the bound adds the tied share whole).
+    ``E_t`` is still averaged over all samples (the bound adds the tied share whole). ``pairs``:
+    differentiate each sample beside a copy of itself (default: where ``needs_pairs`` says so).
     """
     chosen = tuple(dict.fromkeys(qmodel.tensors if tensors is None else tensors))
     unknown = set(chosen) - set(qmodel.tensors)
@@ -193,7 +211,8 @@ def noise_gains(
             f"model '{qmodel.float_model.name}' has {classes} output score; the mismatch bound needs "
             "a classifier with at least 2 class scores"
         )
-    squared_norms = _squared_norm_fn(probe, chosen) if chosen else None
+    copies = 2 if (needs_pairs(probe.model) if pairs is None else pairs) else 1
+    squared_norms = _squared_norm_fn(probe, chosen, copies) if chosen else None
     dtype = probe.model.inputs[0].dtype
     sums = np.zeros(len(chosen))
     ambiguous = 0
@@ -226,6 +245,7 @@ __all__ = [
     "DEFAULT_GAIN_BATCH",
     "ActivationTap",
     "classifier",
+    "needs_pairs",
     "noise_gains",
     "park_floors",
     "scores_tensor",
