@@ -26,14 +26,6 @@ from optsearch.model.loading import keras2_hard_sigmoid, load_model, normalise_k
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 NAMES = sorted(path.stem for path in FIXTURES.glob("*.h5"))
-NESTED_REASON = (
-    "optsearch.model.graph refuses a model used as a layer ('needs a flat model'); loading is fine"
-)
-NESTED = pytest.mark.xfail(raises=ModelError, strict=True, reason=NESTED_REASON)
-
-
-def _marked(names: list[str], marks: dict[str, pytest.MarkDecorator]) -> list[Any]:
-    return [pytest.param(name, marks=marks[name]) if name in marks else name for name in names]
 
 
 def _reference(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +82,7 @@ def test_loads_and_predicts_what_tf_keras_predicted(name: str) -> None:
     assert path.read_bytes() == before
 
 
-QUANTIZE_MARKS = {"nested": NESTED, "nested_tail": NESTED}
-
-
-@pytest.mark.parametrize("name", _marked(NAMES, QUANTIZE_MARKS))
+@pytest.mark.parametrize("name", NAMES)
 def test_optsearch_quantizes_every_weighted_layer(name: str) -> None:
     model = load_model(FIXTURES / f"{name}.h5")
     qmodel = quantized_model(model)
@@ -103,11 +92,7 @@ def test_optsearch_quantizes_every_weighted_layer(name: str) -> None:
     np.testing.assert_allclose(np.asarray(qmodel.keras_model(x, training=False)), y, rtol=1e-5, atol=1e-6)
 
 
-NESTED_RUN = pytest.mark.xfail(strict=True, reason=f"{NESTED_REASON}: `run` exits 2 with that line")
-RUN_MARKS = {"nested": NESTED_RUN, "nested_tail": NESTED_RUN}
-
-
-@pytest.mark.parametrize("name", _marked(NAMES, RUN_MARKS))
+@pytest.mark.parametrize("name", NAMES)
 def test_optsearch_run_on_each_fixture(name: str, tmp_path: Path) -> None:
     x, y = _reference(name)
     data = tmp_path / "data.npz"

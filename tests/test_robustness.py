@@ -49,10 +49,10 @@ def _flat(tmp: Path, *layers: keras.layers.Layer, shape: tuple[int, ...] = (8, 8
     return _save(keras.Sequential([keras.Input(shape), *layers]), tmp)
 
 
-def _nested(tmp: Path) -> Path:
-    inner = keras.Sequential([keras.Input((64,)), L.Dense(8, name="inner_dense")], name="inner")
+def _nested_twice(tmp: Path) -> Path:
+    inner = keras.Sequential([keras.Input((64,)), L.Dense(64, name="inner_dense")], name="inner")
     inputs = keras.Input((8, 8, 1))
-    return _save(keras.Model(inputs, L.Dense(3)(inner(L.Flatten()(inputs)))), tmp)
+    return _save(keras.Model(inputs, L.Dense(3)(inner(inner(L.Flatten()(inputs))))), tmp)
 
 
 def _shared(tmp: Path) -> Path:
@@ -200,7 +200,11 @@ def _scale(value: str) -> Build:
 
 #: id -> (what the user gives, how to build it, the phrase the one-line error must hold)
 CASES: dict[str, tuple[str, Build, str]] = {
-    "nested_model": ("a model used as a layer", _model_case(_nested), "'inner' is a nested model"),
+    "nested_model_twice": (
+        "a nested model called twice",
+        _model_case(_nested_twice),
+        "nested model 'inner' is called 2 times",
+    ),
     "shared_layer": ("a layer called twice", _model_case(_shared), "'shared' (Dense) is shared"),
     "two_inputs": ("a model with two inputs", _model_case(_two_inputs), "2 inputs and 1 outputs"),
     "two_outputs": ("a model with two outputs", _model_case(_two_outputs), "1 inputs and 2 outputs"),

@@ -221,7 +221,8 @@ class ModelGraph:
         if isinstance(layer, keras.Model):
             raise ModelError(
                 f"layer '{layer.name}' is a nested model ({class_name}); optsearch needs a flat model: "
-                "rebuild it with the inner model's layers called directly"
+                "pass it through optsearch.model.flatten.flatten_nested (model files are flattened "
+                "when they are loaded)"
             )
         if uses > 1:
             raise ModelError(

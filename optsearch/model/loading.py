@@ -22,6 +22,7 @@ import h5py
 import keras
 
 from optsearch.core.errors import ModelError
+from optsearch.model.flatten import flatten_nested
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -29,8 +30,17 @@ _UNKNOWN_OBJECT = re.compile(r"Could not locate (?:class|function) '([^']+)'|Unk
 
 
 def load_model(path: str | Path, *, unsafe: bool = False) -> keras.Model:
-    """Load the model at ``path`` uncompiled; ``unsafe`` allows Python code (Lambda layers) in it."""
+    """Load the model at ``path`` uncompiled, models used as layers inlined (``model.flatten``);
+    ``unsafe`` allows Python code (Lambda layers) in it."""
     path = Path(path)
+    model = _load(path, unsafe)
+    try:
+        return flatten_nested(model)
+    except ModelError as err:
+        raise ModelError(f"{path}: {err}") from err
+
+
+def _load(path: Path, unsafe: bool) -> keras.Model:
     _check_regular_file(path)
     head = _read_head(path)
     if head.startswith(HDF5_SIGNATURE):
