@@ -13,6 +13,7 @@ import click
 
 from optsearch.cli.options import UserError, data_options, model_options, offset_rule_option, schema_options
 from optsearch.model.environment import quiet_tensorflow
+from optsearch.render.report import less_than
 
 
 @click.command()
@@ -118,8 +119,8 @@ def evaluate(
     for cost in evaluation.costs:
         saving = cost.saving
         click.echo(
-            f"{label}: memory {cost.memory_bytes:,.0f} bytes ({saving['memory']:.2%} less than "
-            f"{cost.baseline}), multiply cost {saving['multiply_cost']:.2%} less than {cost.baseline}"
+            f"{label}: memory {cost.memory_bytes:,.0f} bytes ({less_than(saving['memory'], cost.baseline)}), "
+            f"multiply cost {less_than(saving['multiply_cost'], cost.baseline)}"
         )
     if save_quantized is not None:
         with _atomic_path(save_quantized) as tmp:

@@ -57,6 +57,11 @@ def _pct(x: float) -> str:
     return f"{x:.2%}"
 
 
+def less_than(saving: float, baseline: str, spec: str = ".2%") -> str:
+    """A saving in words: ``54.49% less than 8-bit``, or ``182.04% more than 8-bit`` when negative."""
+    return f"{abs(saving):{spec}} {'less' if saving >= 0 else 'more'} than {baseline}"
+
+
 def _cell(layer_tensors: Mapping[str, TensorResult], kind: str, attr: str) -> str:
     t = layer_tensors.get(kind)
     if t is None:
@@ -485,21 +490,21 @@ def summary_lines(result: RunResult) -> list[str]:
             f"(upper bound {_pct(held.loss_bound(conf) or 0.0)})"
         )
     lines.append(
-        f"memory {result.costs['quantized'].memory_bytes:,.0f} bytes: {_pct(vs8['memory'])} less than 8-bit, "
-        f"{_pct(vs32['memory'])} less than float32"
+        f"memory {result.costs['quantized'].memory_bytes:,.0f} bytes: {less_than(vs8['memory'], '8-bit')}, "
+        f"{less_than(vs32['memory'], 'float32')}"
     )
     lines.append(
-        f"multiply cost {_pct(vs8['multiply_cost'])} less than 8-bit, "
-        f"{_pct(vs32['multiply_cost'])} less than float32"
+        f"multiply cost {less_than(vs8['multiply_cost'], '8-bit')}, "
+        f"{less_than(vs32['multiply_cost'], 'float32')}"
     )
     found = result.costs["quantized"]
     sizes, hw8 = found.hardware_bytes, found.hardware_saving(result.costs["uniform8"])
     if sizes is not None and hw8 is not None:
         lines.append(
             f"on the target: weights {sizes['weights']:,} bytes packed ({sizes['weights_aligned']:,} as C "
-            f"arrays), {_pct(hw8['weights'])} less than 8-bit; peak activations "
-            f"{sizes['peak_activations']:,} bytes (at {found.peak_step}), {_pct(hw8['peak_activations'])} "
-            "less than 8-bit"
+            f"arrays), {less_than(hw8['weights'], '8-bit')}; peak activations "
+            f"{sizes['peak_activations']:,} bytes (at {found.peak_step}), "
+            f"{less_than(hw8['peak_activations'], '8-bit')}"
         )
     lines += _prediction_summary(result)
     lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")

@@ -27,6 +27,7 @@ from optsearch.config.yamlfile import ConfigError, Problem
 from optsearch.core.errors import OptsearchError
 from optsearch.core.files import sha256
 from optsearch.render.batch_summary import Row, plot_pareto, summary_csv, summary_markdown
+from optsearch.render.report import less_than
 from optsearch.results.folder import FORMATS_FILE, ResultFolder
 from optsearch.results.gate import (
     Case,
@@ -526,7 +527,7 @@ def _outcome_line(outcome: Outcome, total: int) -> str:
         text += (
             f", {'held-out' if 'held_out' in r.accuracy else 'search'} loss {held.quantized_loss:.2%}, "
             f"memory {r.costs['quantized'].memory_bytes:,.0f} bytes "
-            f"({r.savings('uniform8')['memory']:.1%} less than 8-bit)"
+            f"({less_than(r.savings('uniform8')['memory'], '8-bit', '.1%')})"
         )
     if outcome.gate is not None or outcome.gate_error is not None:
         text += f"; check {outcome.check_text}"
