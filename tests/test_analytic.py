@@ -241,10 +241,28 @@ def test_chosen_b_min_meets_its_budget_on_the_tiny_cnn(
         assert _measured_mismatch(qmodel, plan.formats, x) <= plan.bound
         for tensor, fmt in plan.formats.items():
             assert fmt == start_format(magnitudes[tensor], fmt.bw)
-            assert fmt.bw == plan.b_min + plan.offsets[tensor]
-        if plan.b_min > 2:
-            looser = analytic_formats(gains, magnitudes, plan.b_min - 1)
+            assert fmt.bw == max(2, plan.b_min + plan.offsets[tensor])
+        looser = analytic_formats(gains, magnitudes, plan.b_min - 1)
+        if looser != plan.formats:  # below, every tensor is at 2 bits already
             assert mismatch_bound(gains, looser, magnitudes) > eps
+
+
+def test_a_near_zero_gain_does_not_hold_the_others_up() -> None:
+    """Criterion 1 anchors every tensor to the smallest gain: one tensor with a near-zero gain would
+    put the others ~20 bits above it. Where B_min = 2 fits, the smallest-gain tensors are held at 2
+    bits instead and the others lowered while the bound fits; the terms of those above 2 stay equal."""
+    a, b, c = TensorId("l", "W"), TensorId("l", "A"), TensorId("m", "W")
+    gains = NoiseGains({a: 1e-12, b: 1.0, c: 4.0}, samples=100)
+    magnitudes = {a: 1.0, b: 1.0, c: 1.0}
+    plan = choose_b_min(gains, magnitudes, budget=0.01)
+    assert plan.formats[a].bw == 2
+    assert plan.b_min < 2
+    assert plan.formats[c].bw == plan.formats[b].bw + 1  # sqrt(4) = 2: one bit more
+    assert plan.bound <= 0.01
+    lower = {t: Format(max(2, f.bw - 1), f.f - (f.bw > 2)) for t, f in plan.formats.items()}
+    assert mismatch_bound(gains, lower, magnitudes) > 0.01  # one bit less everywhere: over
+    paper = analytic_formats(gains, magnitudes, 2)  # the paper's smallest B_min
+    assert paper[b].bw >= 2 + 19 and paper[b].bw > plan.formats[b].bw + 10
 
 
 # --------------------------------------------------------------------------------------------------

@@ -174,21 +174,24 @@ def normalised_gains(
 
 
 def equalised_bitwidths(normalised: Mapping[TensorId, float], b_min: int) -> dict[TensorId, int]:
-    """``B_t = B_min + round(log2 sqrt(E_t / E_min))`` (Sakr & Shanbhag 2019, Criterion 1).
+    """``B_t = max(2, B_min + round(log2 sqrt(E_t / E_min)))`` (Sakr & Shanbhag 2019, Criterion 1).
 
     ``E_min`` is the smallest positive gain; a tensor with gain 0 (no first-order effect) gets
     ``B_min``. Halves round up (``floor(x + 1/2)``): the tie goes to the side that keeps the bound.
+    ``B_min`` below 2 extends the criterion where even ``B_min = 2`` is more than the budget needs
+    (a tensor with a near-zero gain would otherwise hold every other one far above it): the terms
+    stay equal, except that no tensor goes below 2 bits (BW = 1 prunes).
     """
-    if b_min < 2:
-        raise ValueError(f"B_min must be at least 2 (BW = 1 prunes), got {b_min}")
     positive = [g for g in normalised.values() if g > 0.0]
     if not positive:
-        return dict.fromkeys(normalised, b_min)
+        return dict.fromkeys(normalised, max(2, b_min))
     e_min = min(positive)
-    return {
-        t: b_min + (math.floor(0.5 * math.log2(g / e_min) + 0.5) if g > 0.0 else 0)
-        for t, g in normalised.items()
-    }
+    return {t: max(2, b_min + (equalised_offset(g, e_min) if g > 0.0 else 0)) for t, g in normalised.items()}
+
+
+def equalised_offset(gain: float, e_min: float) -> int:
+    """``round(log2 sqrt(E_t / E_min))``, halves up: a tensor's bits above ``B_min``."""
+    return math.floor(0.5 * math.log2(gain / e_min) + 0.5)
 
 
 def analytic_formats(
@@ -228,11 +231,14 @@ def choose_b_min(
     floors: Mapping[TensorId, int] | None = None,
     b_min_range: tuple[int, int] = B_MIN_RANGE,
 ) -> AnalyticPlan:
-    """The smallest ``B_min`` in ``b_min_range`` whose ``analytic_formats`` have
+    """The smallest ``B_min`` up to ``b_min_range[1]`` whose ``analytic_formats`` have
     ``mismatch_bound <= budget``.
 
-    Raising ``B_min`` by one raises every bitwidth and every ``F`` by at least one, so the bound
-    falls monotonically and the first fit is the smallest.
+    Raising ``B_min`` by one raises every bitwidth not held at 2 bits, and its ``F``, by one, so the
+    bound falls monotonically and the first fit is the smallest. The search starts below
+    ``b_min_range[0]`` (the paper's smallest, 2) by the largest offset, where every tensor is at 2
+    bits: where ``B_min = 2`` already fits, the lowest-gain tensors are held at 2 bits and the others
+    lowered while the bound fits (``equalised_bitwidths``); otherwise the result is the paper's.
     """
     if not (math.isfinite(budget) and budget > 0.0):
         raise ValueError(f"the mismatch budget must be positive, got {budget!r}")
@@ -248,7 +254,7 @@ def choose_b_min(
     offsets = equalised_bitwidths(normalised_gains(gains, magnitudes), 2)
     offsets = {t: b - 2 for t, b in offsets.items()}
     bound = math.inf
-    for b_min in range(lo, hi + 1):
+    for b_min in range(lo - max(offsets.values(), default=0), hi + 1):
         formats = analytic_formats(gains, magnitudes, b_min, rule, floors)
         bound = mismatch_bound(gains, formats, magnitudes)
         if bound <= budget:
