@@ -121,3 +121,28 @@ def test_session_9_analytic_records_read_without_a_prediction(default_run: tuple
     assert result.analytic == AnalyticRecord(0.004, 0.0099, 5, 2000)
     assert "Predicted without search" not in report_markdown(result)
     assert json.loads(json.dumps(result.to_dict()))["analytic"] == data["analytic"]
+
+
+def _no_constants(name: str) -> None:
+    raise AssertionError(f"formats.json holds {name}, which strict JSON readers refuse")
+
+
+def test_formats_json_is_strict_json(default_run: tuple[Path, Result]) -> None:
+    out, _ = default_run
+    data = json.loads((out / "formats.json").read_text(), parse_constant=_no_constants)
+    assert data["timings"]["prediction_seconds"] > 0
+    assert data["timings"]["total_seconds"] >= data["timings"]["prediction_seconds"]
+
+
+def test_pruned_tensors_are_counted_beside_the_bound(default_run: tuple[Path, Result]) -> None:
+    """A pruned tensor of non-zero values is no small rounding noise: the bound leaves it out and
+    says so (it was ``inf%`` before)."""
+    out, _ = default_run
+    result = RunResult.from_dict(json.loads((out / "formats.json").read_text()))
+    assert result.analytic is not None
+    record = replace(result.analytic, found_bound=0.004, pruned=["c1:W", "c2:W"])
+    report = report_markdown(replace(result, analytic=record))
+    assert "0.40% for the found formats (without the 2 pruned tensors, c1:W, c2:W:" in report
+    assert any("without 2 pruned tensors" in line for line in summary_lines(replace(result, analytic=record)))
+    again = RunResult.from_dict(json.loads(json.dumps(replace(result, analytic=record).to_dict())))
+    assert again.analytic == record

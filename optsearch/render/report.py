@@ -252,6 +252,14 @@ def _against_prediction(result: RunResult, bits: Mapping[str, int]) -> tuple[int
     return above, below, len(found)
 
 
+def _pruned_note(pruned: list[str] | None) -> str:
+    """The found tensors the bound leaves out: pruning is no small rounding noise."""
+    if not pruned:
+        return ""
+    shown = ", ".join(pruned[:3]) + (", ..." if len(pruned) > 3 else "")
+    return f" (without the {len(pruned)} pruned tensors, {shown}: their error is no small rounding noise)"
+
+
 def _prediction_lines(result: RunResult) -> list[str]:
     """Sakr & Shanbhag beside what the run found (issue 23): each tensor's predicted bits next to its
     found bits, and Thm. 1's bound of the found formats next to the measured mismatch."""
@@ -264,9 +272,9 @@ def _prediction_lines(result: RunResult) -> list[str]:
         "",
         f"Noise gains on {a.samples} search samples (`--predict-samples`; docs/algorithm.md). Thm. 1 "
         "bounds the probability that quantization changes a prediction (the mismatch): "
-        f"{_pct(a.found_bound)} for the found formats, against the measured mismatch "
-        f"{_mismatch_cells(result)}. A first-order bound: above 100%, or where a format clips, it says "
-        "nothing.",
+        f"{_pct(a.found_bound)} for the found formats{_pruned_note(a.pruned)}, against the measured "
+        f"mismatch {_mismatch_cells(result)}. A first-order bound: above 100%, or where a format clips, "
+        "it says nothing.",
     ]
     if a.bits is None or a.b_min is None or a.bound is None:
         return [*lines, "", f"No predicted precisions: {a.note}."]
@@ -531,7 +539,10 @@ def _prediction_summary(result: RunResult) -> list[str]:
     else:
         above, _, total = _against_prediction(result, a.bits)
         predicted = f"found more bits than predicted on {above} of {total} tensors"
-    return [f"predicted (Sakr & Shanbhag): mismatch bound {_pct(a.found_bound)}{measured}; {predicted}"]
+    pruned = f" without {len(a.pruned)} pruned tensors" if a.pruned else ""
+    return [
+        f"predicted (Sakr & Shanbhag): mismatch bound {_pct(a.found_bound)}{pruned}{measured}; {predicted}"
+    ]
 
 
 def _fold_lines(result: RunResult) -> list[str]:

@@ -279,6 +279,9 @@ class AnalyticRecord:
     """Thm. 1's bound of the formats the run found."""
     note: str | None = None
     """Why there is no prediction (no ``B_min`` fits the budget), else None."""
+    pruned: list[str] | None = None
+    """Found tensors pruned (BW = 1) of non-zero values: no small rounding noise, so outside
+    ``found_bound`` (Thm. 1 says nothing about them)."""
 
     def predicted_bits(self, layer: str, kind: str) -> int | None:
         """The predicted bitwidth of one tensor, if predicted."""
@@ -481,7 +484,7 @@ def _without_absent(data: dict[str, Any], optional: tuple[str, ...]) -> dict[str
     return {k: v for k, v in data.items() if k not in optional or v is not None}
 
 
-_OPTIONAL_ANALYTIC = ("bits", "found_bound", "note")
+_OPTIONAL_ANALYTIC = ("bits", "found_bound", "note", "pruned")
 _OPTIONAL_TENSOR = ("bound", "scheduled_eps", "added_bits")
 _OPTIONAL_ACCURACY = (
     "float_correct",

@@ -10,6 +10,7 @@ never leaves a half result. An interrupted run keeps its work folder for ``--res
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -207,7 +208,7 @@ def run(
                 )
             certification = certify_stage(prepared, settings, searched, echo)
             result = measure(prepared, settings, searched, started, certification)
-        result = replace(result, analytic=prediction(prepared, settings, result.formats, echo))
+        result = _with_prediction(result, prepared, settings, echo)
         write_result(result, prepared, tmp)
         for name in (REQUEST_FILE, DECISIONS_FILE, CURVES_FILE):
             (tmp / name).unlink(missing_ok=True)
@@ -449,6 +450,18 @@ def analytic_plan(
     return plan, gains
 
 
+def _with_prediction(result: RunResult, prepared: Prepared, settings: RunSettings, echo: Echo) -> RunResult:
+    """``result`` with its ``prediction`` and the seconds it took (in the total too)."""
+    t0 = time.perf_counter()
+    predicted = prediction(prepared, settings, result.formats, echo)
+    if predicted is None:
+        return result
+    seconds = time.perf_counter() - t0
+    timings = {**result.timings, "prediction_seconds": seconds}
+    timings["total_seconds"] = result.timings["total_seconds"] + seconds
+    return replace(result, analytic=predicted, timings=timings)
+
+
 def prediction(
     prepared: Prepared, settings: RunSettings, found: Mapping[TensorId, Format], echo: Echo
 ) -> AnalyticRecord | None:
@@ -462,7 +475,12 @@ def prediction(
     except ModelError as err:
         echo(f"prediction skipped: {err}")
         return None
-    found_bound = analytic.mismatch_bound(gains, found, prepared.magnitudes)
+    # A pruned tensor of non-zero values is no small rounding noise: its term is infinite, and the
+    # bound is given over the other tensors, with the pruned ones counted beside it.
+    terms = analytic.tensor_bounds(gains, found, prepared.magnitudes)
+    pruned = sorted(str(t) for t, term in terms.items() if math.isinf(term))
+    kept = {t: f for t, f in found.items() if str(t) not in pruned}
+    found_bound = analytic.mismatch_bound(gains, kept, prepared.magnitudes)
     search, evaluator = settings.search, prepared.evaluator
     try:
         budget = analytic.mismatch_budget(search.eps, evaluator.float_accuracy)
@@ -471,9 +489,11 @@ def prediction(
         )
     except ValueError as err:
         budget = search.eps * evaluator.float_accuracy
-        return AnalyticRecord(None, budget, None, gains.samples, found_bound=found_bound, note=str(err))
+        return AnalyticRecord(
+            None, budget, None, gains.samples, found_bound=found_bound, note=str(err), pruned=pruned
+        )
     bits = {str(t): f.bw for t, f in plan.formats.items()}
-    return AnalyticRecord(plan.bound, budget, plan.b_min, gains.samples, bits, found_bound)
+    return AnalyticRecord(plan.bound, budget, plan.b_min, gains.samples, bits, found_bound, pruned=pruned)
 
 
 def analytic_curves(prepared: Prepared, settings: RunSettings, echo: Echo) -> StoredCurves:
