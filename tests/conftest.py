@@ -15,7 +15,12 @@ settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,6 +33,22 @@ from optsearch.results.result import FORMATS_SCHEMA  # noqa: E402
 
 L = keras.layers
 N = 120
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def script_module(path: Path, name: str | None = None) -> Iterator[ModuleType]:
+    """The Python file at ``path`` (a script under scripts/, an exported helper) imported as a
+    module, registered in ``sys.modules`` while in use (its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
 
 
 @pytest.fixture(scope="session")

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import ROOT, script_module
 
 from optsearch.core.analytic import mismatch_bound
 from optsearch.core.fixedpoint import Format
 from optsearch.core.tensors import TensorId
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("bench_analytic", ROOT / "scripts" / "bench_analytic.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    try:
-        spec.loader.exec_module(module)
+    with script_module(ROOT / "scripts" / "bench_analytic.py") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def _measured(

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT, script_module
 
 from optsearch.core.fixedpoint import quantize, start_format
 from optsearch.core.tensors import TensorId
 from optsearch.model.graph import quantized_model
 
-ROOT = Path(__file__).resolve().parents[1]
 SCALES = np.array([0.9, 0.9 * 2.0**-6], dtype=np.float32)
 """The two channels' magnitudes: the second channel's largest weight is 2^6 below the first's (not
 powers of two, where the paper's offset rule clips the largest value by one LSB)."""
@@ -24,17 +21,8 @@ powers of two, where the paper's offset rule clips the largest value by one LSB)
 
 @pytest.fixture(scope="module")
 def script() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location(
-        "per_channel_ranges", ROOT / "scripts" / "per_channel_ranges.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    try:
-        spec.loader.exec_module(module)
+    with script_module(ROOT / "scripts" / "per_channel_ranges.py") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def _kernel() -> np.ndarray:
