@@ -19,8 +19,9 @@ to QONNX as ``optsearch export --to qonnx`` does, cuts the graph to what the Ker
 type, to the logits: the final Softmax is left out), cleans it and converts it to channels last with
 qonnx, converts it with ``hls4ml.converters.convert_from_onnx_model`` (io_parallel), and compares
 the C simulation with the integer reference, input quantized as above. Every type the Quant nodes do
-not set is hls4ml's ``auto`` (exact accumulators) or --default-precision (the BatchNorm scale and
-bias, missing biases); a node hls4ml 1.3's QONNX reader cannot take is refused in one line.
+not set is hls4ml's ``auto`` (exact accumulators and BatchNorm results), but a BatchNorm's scale and
+bias (32 bits, as the hls4ml export types them) and a pruned bias (--default-precision); what
+hls4ml 1.3's QONNX reader cannot take is refused in one line (docs/qonnx.md).
 
     python scripts/check_hls4ml.py /tmp/r10 --samples 1000 --out /tmp/hls4ml_check
     python scripts/check_hls4ml.py /tmp/r10 --qonnx --samples 1000 --opt-level O1 --out /tmp/qonnx_check
@@ -62,7 +63,7 @@ from optsearch.core.fixedpoint import Format
 from optsearch.core.netlist import Netlist
 from optsearch.data import Preprocess, fit_channel_axis, load_data
 from optsearch.deploy import integer_ref
-from optsearch.deploy.export_hls4ml import ap_fixed, export, input_node, write_files
+from optsearch.deploy.export_hls4ml import REAL_BITS, ap_fixed, export, input_node, real_format, write_files
 from optsearch.deploy.exporters import exporter
 from optsearch.model.loading import load_model
 from optsearch.model.netlist import predict_batches, probe
@@ -72,13 +73,16 @@ from optsearch.run.deployed import ResultDir, load_result
 if TYPE_CHECKING:
     import onnx
 
-#: The precision of every hls4ml type in the QONNX path that no Quant node sets and hls4ml does not
-#: infer exactly: BatchNorm scale and bias, a missing bias. 32 fractional bits.
-QONNX_DEFAULT_PRECISION = "fixed<64,32>"
+#: The precision of every hls4ml type in the QONNX path that no Quant node sets, hls4ml does not infer
+#: and ``batchnorm_precisions`` does not set: the zero bias of a conv whose bias is pruned.
+QONNX_DEFAULT_PRECISION = "fixed<32,16>"
+#: ONNX's default BatchNormalization epsilon.
+ONNX_BN_EPSILON = 1e-5
 #: ONNX operations hls4ml 1.3's reader drops (``parse_onnx_model``'s ``skip_layers``).
 HLS4ML_SKIPPED_OPS = ("Dropout", "Identity")
-#: Starts the doc string of a MaxPool whose uneven pads are set aside during qonnx's conversion.
-PADS_NOTE = "check_hls4ml: pads "
+#: Starts a node's doc string that keeps, through qonnx's conversion (which renames every node), its
+#: name in the export and the pads of a MaxPool whose uneven pads are set aside meanwhile.
+NOTE = "check_hls4ml: "
 #: Samples per integer-reference batch.
 BATCH = 250
 
@@ -292,7 +296,7 @@ def refuse_for_hls4ml(model: onnx.ModelProto) -> None:
     Checked on the export's own names, before qonnx's clean-up renames every node: an operation
     without an ONNX handler in hls4ml (e.g. ``Clip``, the export's ReLU6), and an unsigned narrow
     ``Quant`` (a pruned activation, range ``{0}``), which hls4ml's ``quant_opt`` refuses ("Narrow
-    mode is only supported for signed numbers").
+    mode is only supported for singed numbers", sic).
     """
     import hls4ml
 
@@ -355,6 +359,22 @@ def _shape(model: onnx.ModelProto, tensor: str) -> tuple[int, ...]:
     return tuple(d.dim_value for d in info.type.tensor_type.shape.dim)
 
 
+def _note(node: Any) -> dict[str, Any]:
+    """What ``_set_note`` keeps in a node's doc string."""
+    text: str = node.doc_string
+    note: dict[str, Any] = json.loads(text.removeprefix(NOTE)) if text.startswith(NOTE) else {}
+    return note
+
+
+def _set_note(node: Any, **items: Any) -> None:
+    node.doc_string = NOTE + json.dumps({**_note(node), **items})
+
+
+def _label(node: Any) -> str:
+    """A node for messages: its name in the export (qonnx renames nodes) and its operation."""
+    return f"'{_note(node).get('name', node.name)}' ({node.op_type})"
+
+
 def _set_ints(node: Any, name: str, values: list[int]) -> None:
     attribute = next(a for a in node.attribute if a.name == name)
     del attribute.ints[:]
@@ -386,7 +406,7 @@ def set_aside_uneven_pads(model: onnx.ModelProto) -> None:
                 f"node '{node.name}' (MaxPool, pads {pads}, strides {strides}): qonnx's channels-last "
                 "MaxPool supports even padding only, and no even padding gives this output size"
             )
-        node.doc_string = PADS_NOTE + json.dumps(pads)
+        _set_note(node, pads=pads)
         _set_ints(node, "pads", even + even)
 
 
@@ -413,18 +433,39 @@ def global_max_as_max_pool(model: onnx.ModelProto) -> None:
         )
 
 
+def _moves_data(model: onnx.ModelProto, transpose: Any) -> bool:
+    """Whether a ``Transpose`` reorders the elements (not only axes of size 1)."""
+    shape = _shape(model, transpose.input[0])
+    moved = [axis for axis in _attribute(transpose, "perm") if shape[axis] != 1]
+    return moved != sorted(moved)
+
+
+def drop_layout_only_transposes(model: onnx.ModelProto) -> None:
+    """Leave out every ``Transpose`` that moves only axes of size 1 (its consumers read its input).
+
+    The channels-last conversion leaves one after a pooling to ``1 x 1`` (the zoo model's global max
+    pool) when a Dropout (``Identity``) stands between its ``Flatten`` and ``MatMul``. hls4ml would fold
+    it into the Dense weights (``RemoveTransposeBeforeFlatten``) and then fail on the Dense's bias
+    ("'WeightVariable' object has no attribute 'data_unquantized'", in ``bn_fuse``).
+    """
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        if node.op_type != "Transpose" or _moves_data(model, node) or node.output[0] in outputs:
+            continue
+        for consumer in model.graph.node:
+            for i, name in enumerate(consumer.input):
+                if name == node.output[0]:
+                    consumer.input[i] = node.input[0]
+        model.graph.node.remove(node)
+
+
 def refuse_channels_first(model: onnx.ModelProto) -> None:
     """Exit in one line when the converted graph still moves data with a ``Transpose``: what follows it
-    is channels first, and hls4ml's ONNX layers read every tensor as channels last. (A ``Transpose``
-    that only moves axes of size 1 leaves the data in place.)"""
+    is channels first, and hls4ml's ONNX layers read every tensor as channels last."""
     for node in model.graph.node:
-        if node.op_type != "Transpose":
-            continue
-        shape = _shape(model, node.input[0])
-        moved = [axis for axis in _attribute(node, "perm") if shape[axis] != 1]
-        if moved != sorted(moved):
+        if node.op_type == "Transpose" and _moves_data(model, node):
             after = [n for n in model.graph.node if node.output[0] in n.input]
-            names = ", ".join(f"'{n.name}' ({n.op_type})" for n in after)
+            names = ", ".join(_label(n) for n in after)
             raise SystemExit(
                 f"node {names} stays channels first after qonnx's channels-last conversion (a Transpose "
                 "before it); hls4ml's ONNX layers read their input as channels last"
@@ -434,11 +475,12 @@ def refuse_channels_first(model: onnx.ModelProto) -> None:
 def restore_pads(model: onnx.ModelProto) -> None:
     """Put back the pads ``set_aside_uneven_pads`` noted (after qonnx's last shape inference)."""
     for node in model.graph.node:
-        if node.doc_string.startswith(PADS_NOTE):
-            _set_ints(node, "pads", json.loads(node.doc_string.removeprefix(PADS_NOTE)))
+        pads = _note(node).get("pads")
+        if pads is not None:
+            _set_ints(node, "pads", pads)
 
 
-def _channels_last_shape(model: onnx.ModelProto, tensor: str, keras_shape: tuple[int, ...]) -> None:
+def _refuse_unless_channels_last(model: onnx.ModelProto, tensor: str, keras_shape: tuple[int, ...]) -> None:
     """Refuse a cut tensor that is not ``(1, *keras_shape)``: the hls4ml model's input and output are
     compared in Keras' (channels-last) order."""
     shape = _shape(model, tensor)
@@ -450,10 +492,12 @@ def _channels_last_shape(model: onnx.ModelProto, tensor: str, keras_shape: tuple
 
 
 def qonnx_for_hls4ml(model: onnx.ModelProto, netlist: Netlist) -> Any:
-    """``model`` (the export of ``netlist``) as hls4ml's QONNX reader needs it (docs/qonnx.md): cut
-    from the output of the leading Rescaling (hls4ml's input) to the logits (no Softmax), checked,
-    then ``cleanup_model``, ``ConvertToChannelsLastAndClean``, ``cleanup_model`` (uneven MaxPool
-    pads set aside meanwhile: ``set_aside_uneven_pads``). A qonnx ``ModelWrapper``."""
+    """``model`` (the export of ``netlist``) as hls4ml's QONNX reader needs it (docs/qonnx.md), a qonnx
+    ``ModelWrapper``: cut from the output of the leading Rescaling (hls4ml's input) to the logits (no
+    Softmax), checked (``refuse_for_hls4ml``), global max pools as max pools, uneven MaxPool pads set
+    aside, then ``cleanup_model``, ``ConvertToChannelsLastAndClean``, ``cleanup_model``, the pads put
+    back, Transposes of axes of size 1 left out, and what is still channels first refused. Each
+    step is exact: the graph computes the same values."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.util.cleanup import cleanup_model
@@ -461,28 +505,57 @@ def qonnx_for_hls4ml(model: onnx.ModelProto, netlist: Netlist) -> Any:
     first = input_node(netlist)
     scores = netlist.node(integer_ref.scores_node(netlist))
     for node in (first, scores):  # the export names each netlist node's tensor after it
-        _channels_last_shape(model, node.name, node.output_shape)
+        _refuse_unless_channels_last(model, node.name, node.output_shape)
     cut = cut_graph(model, first.name, scores.name)
     refuse_for_hls4ml(cut)
+    for node in cut.graph.node:
+        _set_note(node, name=node.name)
     global_max_as_max_pool(cut)
     set_aside_uneven_pads(cut)
     wrapper = cleanup_model(ModelWrapper(cut))
     converted = cleanup_model(wrapper.transform(ConvertToChannelsLastAndClean()))
     restore_pads(converted.model)
+    drop_layout_only_transposes(converted.model)
     refuse_channels_first(converted.model)
     return converted
 
 
+def batchnorm_precisions(model: Any, config: dict[str, Any], bits: int = REAL_BITS) -> None:
+    """Type each BatchNormalization's scale and bias as the hls4ml export does: the finest ``bits``-bit
+    ``ap_fixed`` that holds them (hls4ml computes ``gamma / sqrt(variance + epsilon)`` and
+    ``beta - mean * scale`` from the node's inputs). Its result stays ``auto``: exact.
+
+    The one place where hls4ml does not compute what the formats say: the model's BatchNorm is float,
+    and the integer reference computes it in double precision. 32 bits keep every type of the zoo
+    model within 64 bits; wider (the default precision ``fixed<64,32>`` tried first) made g++ run out
+    of memory on it.
+    """
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        gamma, beta, mean, variance = (
+            np.asarray(model.get_initializer(name), dtype=np.float64) for name in node.input[1:5]
+        )
+        epsilon = _attribute(node, "epsilon")
+        scale = gamma / np.sqrt(variance + (ONNX_BN_EPSILON if epsilon is None else epsilon))
+        bias = beta - mean * scale
+        precision = config["LayerName"][node.name].setdefault("Precision", {})
+        precision["scale"] = ap_fixed(real_format(float(np.max(np.abs(scale))), bits))
+        precision["bias"] = ap_fixed(real_format(float(np.max(np.abs(bias))), bits))
+
+
 def qonnx_config(model: Any, input_type: str, default_precision: str, backend: str) -> dict[str, Any]:
     """hls4ml's per-name configuration of the cleaned QONNX ``model``: ``auto`` where hls4ml infers a
-    type (the Quant nodes' types, exact accumulators), ``default_precision`` where it cannot, and the
-    input typed ``input_type``."""
+    type (the Quant nodes' types, exact accumulators), 32-bit BatchNorm scales and biases
+    (``batchnorm_precisions``), ``default_precision`` for what is left, and the input typed
+    ``input_type``."""
     import hls4ml
 
     config: dict[str, Any] = hls4ml.utils.config_from_onnx_model(
         model, granularity="name", backend=backend, default_precision=default_precision
     )
     config["LayerName"][model.graph.input[0].name]["Precision"]["result"] = input_type
+    batchnorm_precisions(model, config)
     return config
 
 
@@ -523,7 +596,7 @@ def _check_qonnx(args: argparse.Namespace, result: ResultDir, x: np.ndarray) -> 
     import onnx
 
     if args.io_type != "io_parallel":
-        raise SystemExit("--qonnx converts io_parallel only (hls4ml's io_stream max pooling has no padding)")
+        raise SystemExit("--qonnx converts with io_parallel only (docs/qonnx.md)")
     netlist = result.netlist
     input_format = export(netlist).input_format
     onnx_file = export_qonnx(result, args.out / "export_qonnx")
@@ -588,8 +661,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--default-precision",
         default=QONNX_DEFAULT_PRECISION,
-        help="--qonnx: hls4ml's precision where neither a Quant node nor its inference sets one "
-        f"(BatchNorm scale and bias, missing biases; default {QONNX_DEFAULT_PRECISION})",
+        help="--qonnx: hls4ml's precision where neither a Quant node, nor its inference, nor the "
+        f"BatchNorm typing sets one (the zero bias of a pruned bias; default {QONNX_DEFAULT_PRECISION})",
     )
     parser.add_argument("--out", type=Path, default=Path("hls4ml_check"))
     parser.add_argument(
