@@ -438,16 +438,29 @@ def analytic_plan(
     formats (Park's floor on the classifier) have a predicted mismatch bound within ``eps * a``
     (``core.analytic.choose_b_min``). ``option`` names the flag that asked, in errors; ``label``
     starts the line echoed."""
-    search, qmodel = settings.search, prepared.qmodel
     gains = measured_gains(prepared, settings, echo, label)
     try:
-        budget = analytic.mismatch_budget(search.eps, prepared.evaluator.float_accuracy)
-        plan = analytic.choose_b_min(
-            gains, prepared.magnitudes, budget, search.offset_rule, park_floors(qmodel)
-        )
+        plan = _plan(prepared, settings, gains)
     except ValueError as err:
         raise OptsearchError(f"{option}: {err}") from err
     return plan, gains
+
+
+def _budget(prepared: Prepared, settings: RunSettings) -> float:
+    """The mismatch budget ``eps * a`` on the search set (``core.analytic.mismatch_budget``)."""
+    return analytic.mismatch_budget(settings.search.eps, prepared.evaluator.float_accuracy)
+
+
+def _plan(prepared: Prepared, settings: RunSettings, gains: NoiseGains) -> analytic.AnalyticPlan:
+    """``core.analytic.choose_b_min`` within ``_budget``, Park's floor on the classifier; ValueError
+    when no ``B_min`` fits."""
+    return analytic.choose_b_min(
+        gains,
+        prepared.magnitudes,
+        _budget(prepared, settings),
+        settings.search.offset_rule,
+        park_floors(prepared.qmodel),
+    )
 
 
 def _with_prediction(result: RunResult, prepared: Prepared, settings: RunSettings, echo: Echo) -> RunResult:
@@ -481,14 +494,10 @@ def prediction(
     pruned = sorted(str(t) for t, term in terms.items() if math.isinf(term))
     kept = {t: f for t, f in found.items() if str(t) not in pruned}
     found_bound = analytic.mismatch_bound(gains, kept, prepared.magnitudes)
-    search, evaluator = settings.search, prepared.evaluator
+    budget = _budget(prepared, settings)
     try:
-        budget = analytic.mismatch_budget(search.eps, evaluator.float_accuracy)
-        plan = analytic.choose_b_min(
-            gains, prepared.magnitudes, budget, search.offset_rule, park_floors(prepared.qmodel)
-        )
+        plan = _plan(prepared, settings, gains)
     except ValueError as err:
-        budget = search.eps * evaluator.float_accuracy
         return AnalyticRecord(
             None, budget, None, gains.samples, found_bound=found_bound, note=str(err), pruned=pruned
         )
