@@ -53,7 +53,7 @@ BATCH = "optsearch batch configs/allocation.yaml"
 
 @dataclass(frozen=True)
 class Search:
-    """One of the two searches compared, shaped like bench_budget.Variant for its ``measure``."""
+    """One of the two searches compared, a ``bench_budget.Run`` for its ``measure``."""
 
     key: str
     label: str
@@ -87,11 +87,7 @@ def measure(model: str, data: str, search: Search, runs: Path, data_dir: str) ->
         return cached
     if search.kept(model).is_relative_to(bench_budget.KEPT):
         return None  # scripts/bench_budget.py measures it
-    saved, bench_budget.KEPT = bench_budget.KEPT, KEPT  # measure() reads the module's KEPT for its cache
-    try:
-        measured = bench_budget.measure(model, data, search, runs, data_dir)  # type: ignore[arg-type]
-    finally:
-        bench_budget.KEPT = saved
+    measured = bench_budget.measure(model, data, search, runs, data_dir, kept_root=KEPT)
     plot = search.folder(model, runs) / "pareto.png"
     if measured is not None and search.key == "pareto" and plot.is_file():
         shutil.copy2(plot, KEPT / f"{model}-pareto.png")

@@ -53,7 +53,7 @@ MEMORY_POINTS = 0.02
 
 @dataclass(frozen=True)
 class Mode:
-    """One of the three uses of the noise gains, shaped like bench_budget.Variant for its ``measure``."""
+    """One of the three uses of the noise gains, a ``bench_budget.Run`` for its ``measure``."""
 
     key: str
     label: str
@@ -112,11 +112,7 @@ def measure(model: str, data: str, mode: Mode, runs: Path, data_dir: str) -> dic
     found = cached(model, mode.key)
     if found is not None:
         return found
-    saved, bench_budget.KEPT = bench_budget.KEPT, KEPT  # measure() reads the module's KEPT for its cache
-    try:
-        return bench_budget.measure(model, data, mode, runs, data_dir)  # type: ignore[arg-type]
-    finally:
-        bench_budget.KEPT = saved
+    return bench_budget.measure(model, data, mode, runs, data_dir, kept_root=KEPT)
 
 
 # --- Thm. 1's bound on every row's formats ----------------------------------------------------------

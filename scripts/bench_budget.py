@@ -31,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "budget.md"
@@ -74,10 +74,30 @@ VARIANTS = (
 )
 
 
-def measure(model: str, data: str, variant: Variant, runs: Path, data_dir: str) -> dict[str, Any] | None:
-    """The measured numbers of one run (cached), or None when its search has not finished."""
+class Run(Protocol):
+    """A search compared on some page: its key, and where its result folder and kept copy are."""
+
+    @property
+    def key(self) -> str: ...
+
+    def folder(self, model: str, runs: Path) -> Path: ...
+
+    def kept(self, model: str) -> Path: ...
+
+
+def measure(
+    model: str,
+    data: str,
+    variant: Run,
+    runs: Path,
+    data_dir: str,
+    kept_root: Path = KEPT,
+    model_dir: Path = ROOT / "models",
+) -> dict[str, Any] | None:
+    """The measured numbers of one run (cached in ``kept_root/<model>-<key>/measured.json``), or None
+    when its search has not finished. The other benchmarks pass their own ``kept_root``."""
     kept = variant.kept(model)
-    cache = (KEPT / f"{model}-{variant.key}") / "measured.json"
+    cache = (kept_root / f"{model}-{variant.key}") / "measured.json"
     if cache.is_file():
         cached: dict[str, Any] = json.loads(cache.read_text())
         return cached
@@ -88,7 +108,7 @@ def measure(model: str, data: str, variant: Variant, runs: Path, data_dir: str) 
 
     result = optsearch.load_result(folder)
     evaluation = optsearch.evaluate(
-        ROOT / "models" / f"{model}.keras",
+        model_dir / f"{model}.keras",
         data,
         formats=folder,
         search_fraction=0.5,

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import keras
 import numpy as np
 import pytest
+from conftest import script_module
 
 from optsearch.run.tflite import run_tflite
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[ModuleType]:
+    with script_module(ROOT / "scripts" / "bench_peers.py") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +59,10 @@ def test_int8_conversion_agrees_and_counts_memory(tiny: tuple[Path, Path, keras.
     assert run.seconds > 0
 
 
-def test_script_end_to_end(tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp_path: Path) -> None:
+def test_script_end_to_end(
+    tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp_path: Path, bench: ModuleType
+) -> None:
     path, data, _, _ = tiny
-    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "scripts" / "bench_peers.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     argv = ["--models", "tiny", "--model-dir", str(path.parent), "--data", str(data), "--samples", "20"]
     assert bench.main([*argv, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "peers" / "tiny.json").read_text())
@@ -69,16 +75,25 @@ def test_script_end_to_end(tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp
     assert rows["float32"]["samples"] == 20 and rows["float32"]["loss"] == 0.0
     assert rows["TFLite int8"]["weights_bytes"] == 172
     assert rows["float32"]["weights_bytes"] == 4 * (36 + 4 + 108 + 3)
+    parts = json.loads((tmp_path / "peers" / "tiny-parts.json").read_text())["rows"]
+    assert [r["name"] for r in parts] == [
+        "uniform 8-bit, weights and biases only",
+        "uniform 8-bit, activations only",
+    ]
+    assert parts[0]["weights_bytes"] == rows[uniform8]["weights_bytes"]  # the same formats, fewer applied
+    assert all(r["samples"] == 20 for r in parts)
     page = (tmp_path / "peers.md").read_text()
     assert "## tiny" in page and "| TFLite int8 |" in page and "| optsearch uniform 8-bit |" in page
     assert "optsearch pareto, eps 1% | not run: not measured yet" in page
+    assert "configs/peers.yaml --only 'tiny-paper-eps0.005'" in page  # the command that makes the row
+    assert "--fold-bn exact" not in page.split("## tiny")[1]  # only FOLD_BN_MODELS have that search
     # --render-only reads the cache and writes the same page
     assert bench.main(["--render-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "peers.md").read_text() == page
 
 
 def test_stored_curves_answer_the_min_weights_rows(
-    tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp_path: Path
+    tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp_path: Path, bench: ModuleType
 ) -> None:
     """The min. weights rows: optsearch pareto from a pareto search's curves, on its split, with the
     target's verdict and the plot on the page."""
@@ -104,10 +119,6 @@ def test_stored_curves_answer_the_min_weights_rows(
         ],
     )
     assert ran.exit_code == 0, ran.output
-    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "scripts" / "bench_peers.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     argv = ["--models", "tiny", "--model-dir", str(path.parent), "--data", str(data), "--samples", "60"]
     argv += ["--allocation-dir", str(tmp_path / "allocation"), "--stored-eps", "0.05", "0.2"]
     assert bench.main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "docs")]) == 0
@@ -122,3 +133,74 @@ def test_stored_curves_answer_the_min_weights_rows(
     page = (tmp_path / "docs" / "peers.md").read_text()
     assert "| optsearch pareto, eps 5%, min. weights |" in page and "tiny: target **" in page
     assert (tmp_path / "docs" / "peers" / "tiny.png").stat().st_size > 0
+
+
+def test_batch_searches_are_measured_on_the_held_out_half(
+    tiny: tuple[Path, Path, keras.Model, np.ndarray], tmp_path: Path, bench: ModuleType
+) -> None:
+    """An Alg. 2 search of configs/peers.yaml's shape, finished under --batch-root: measured once on
+    the held-out half (counts, the exact network), kept with its small files, and on the page with
+    accuracy, interval and both memories."""
+    from click.testing import CliRunner
+
+    from optsearch.cli.main import cli
+
+    path, data, _, _ = tiny
+    folder = tmp_path / "batch" / "runs" / "peers" / "tiny-paper-eps0.005"
+    options = ["--method", "paper", "--eps", "0.005", "--criterion", "paper", "--search-fraction", "0.5"]
+    ran = CliRunner().invoke(cli, ["run", str(path), "--data", str(data), *options, "--out", str(folder)])
+    assert ran.exit_code == 0, ran.output
+    argv = ["--models", "tiny", "--model-dir", str(path.parent), "--data", str(data)]
+    argv += ["--batch-root", str(tmp_path / "batch"), "--out", str(tmp_path / "docs")]
+    assert bench.main([*argv, "--runs", str(tmp_path / "answers")]) == 0
+    kept = tmp_path / "docs" / "peers" / "searches" / "tiny-paper-eps0.005"
+    assert {p.name for p in kept.iterdir()} >= {"measured.json", "formats.json", "verify_held_out.json"}
+    rows = json.loads((tmp_path / "docs" / "peers" / "tiny-searches.json").read_text())["rows"]
+    found = next(r for r in rows if r["name"] == "optsearch Alg. 2, eps 0.5%")
+    result = json.loads((folder / "formats.json").read_text())
+    assert found["samples"] == result["data"]["held_out_samples"] > 50
+    assert found["weights_bytes"] == result["costs"]["quantized"]["weights_bytes"]
+    assert found["peak_activation_bytes"] == result["costs"]["quantized"]["peak_activation_bytes"]
+    correct = found["float_correct"] - found["losses"] + found["gains"]
+    assert correct == round(found["accuracy"] * found["samples"])
+    low, high = found["accuracy_interval"]
+    assert low <= found["accuracy"] <= high
+    page = (tmp_path / "docs" / "peers.md").read_text()
+    assert "| optsearch Alg. 2, eps 0.5% | " in page and "| optsearch Alg. 2, eps 2% | not run" in page
+
+
+def _row(name: str, loss: float, weights: int, losses: int, gains: int) -> dict[str, object]:
+    return {"name": name, "loss": loss, "weights_bytes": weights, "losses": losses, "gains": gains,
+            "samples": 1000}  # fmt: skip
+
+
+def test_verdict_says_by_how_much_a_model_misses(bench: ModuleType) -> None:
+    tflite = _row("TFLite int8", 0.004, 1000, 10, 6)
+    small = _row("optsearch small", 0.010, 500, 15, 5)  # 50% less, 0.6 points and 6 flips worse
+    big = _row("optsearch big", 0.002, 700, 7, 5)  # no worse, but only 30% less
+    said = bench.verdict([tflite, small, big])
+    assert said.startswith("target **not met**")
+    assert "optsearch small's 1.00% (50.0% less), is 0.60 points higher, +6 net flipped samples" in said
+    assert (
+        "optsearch big (0.20%), has 30.0% less weights memory, 100 bytes more than the target's 600" in said
+    )
+    met = bench.verdict([tflite, _row("optsearch good", 0.003, 550, 8, 5)])
+    assert met.startswith("target **met** by 1 of 1") and "45.0% smaller" in met
+    worse = bench.verdict([tflite, _row("optsearch worse", 0.006, 900, 11, 5)])
+    assert "no row is as low; the lowest, optsearch worse, lost 0.60% (0.20 points higher, +2 net" in worse
+
+
+def test_layer_gaps_name_the_layers_a_per_channel_format_helps_most(bench: ModuleType) -> None:
+
+    def layer(name: str, tensor8: float, channel8: float) -> dict[str, object]:
+        return {
+            "layer": name,
+            "per_tensor": {"8": {"loss": tensor8}, "6": {"loss": 2 * tensor8}},
+            "per_channel": {"8": {"loss": channel8}, "6": {"loss": channel8}},
+        }
+
+    said = bench._layer_gaps([layer("a", 0.01, 0.0), layer("b", 0.05, 0.01), layer("c", 0.0, 0.0)], top=2)
+    assert said.startswith("at 8 bits per tensor -> per channel, the largest gaps: b 5.00% -> 1.00%, a 1.00%")
+    assert (
+        "at 6 bits per tensor -> per channel, the largest gaps: b 10.00% -> 1.00%, a 2.00% -> 0.00%" in said
+    )
