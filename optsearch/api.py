@@ -174,7 +174,8 @@ def evaluate(
     model: Any, data: Any, *, bw: int = 8, formats: str | Path | None = None, **options: Any
 ) -> FormatsEvaluation:
     """Accuracy of ``model`` in float and with uniform ``bw``-bit formats (or the formats of a
-    formats.json / result folder) on the search and held-out parts, and the costs."""
+    formats.json / result folder) on the search and held-out parts, and the costs. Without a
+    ``fold_bn`` option, BatchNorms are folded as the run that wrote ``formats`` folded them."""
     from optsearch.model.environment import quiet_tensorflow
 
     quiet_tensorflow()
@@ -191,6 +192,7 @@ def evaluate(
         formats_file=formats_file,
         offset_rule=chosen.search.offset_rule,
         activation_point=chosen.activation_point,
+        fold_bn=chosen.fold_bn if "fold_bn" in options else None,
         unsafe_load=chosen.unsafe_load,
         batch_size=chosen.batch_size,
         dataset=dataset,

@@ -197,7 +197,14 @@ def test_run_with_fold_bn_searches_the_folded_network_and_reports_it(
     assert before["search"] == data["accuracy"]["search"]["float_model"]  # an exact fold: same accuracy
     report = (out / "report.md").read_text()
     assert "## BatchNorm folding (--fold-bn exact)" in report and "| bn1 | forward | out | yes |" in report
-    import optsearch.model.quantizer_layer  # noqa: F401  (registers the quantizer for loading)
+
+    # evaluate --formats folds as the run did and measures what the run measured
+    import optsearch
+
+    evaluation = optsearch.evaluate(files["model"], files["data"], formats=out)
+    search = next(p for p in evaluation.parts if p.part == "search")
+    assert search.quantized_accuracy == data["accuracy"]["search"]["quantized"]
+    import optsearch.model.quantizer_layer
 
     saved = keras.saving.load_model(out / "quantized.keras", compile=False)
     assert not [layer for layer in saved.layers if isinstance(layer, L.BatchNormalization)]
@@ -233,3 +240,27 @@ def test_a_run_without_folds_saves_no_folded_model(files: dict[str, Path], tmp_p
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert not (out / "folded_model.keras").exists()
+
+
+def test_evaluate_refuses_a_folded_runs_formats_on_the_unfolded_model_with_the_fix(tmp_path: Path) -> None:
+    """A conv without bias gains one when its BatchNorm folds backward: the run's formats name it, so
+    `evaluate --fold-bn off` cannot apply them and says which --fold-bn the run used."""
+    model = _model(L.Conv2D(3, 3, use_bias=False, name="c"), L.BatchNormalization(name="bn"),
+                   L.ReLU(name="r"), L.Flatten(name="f"), L.Dense(2, name="d"))  # fmt: skip
+    x = _x((8, 8, 2), 64)
+    paths = {"model": tmp_path / "m.keras", "data": tmp_path / "d.npz"}
+    model.save(paths["model"])
+    np.savez(paths["data"], x=x, y=np.argmax(model.predict(x, verbose=0), axis=1))
+    common = [str(paths["model"]), "--data", str(paths["data"])]
+    out = tmp_path / "run"
+    ran = CliRunner().invoke(
+        cli, ["run", *common, "--eps", "0.1", "--criterion", "paper", "--fold-bn", "exact", "--out", str(out)]
+    )
+    assert ran.exit_code == 0, ran.output
+    layers = json.loads((out / "formats.json").read_text())["layers"]
+    assert "B" in next(layer for layer in layers if layer["name"] == "c")["tensors"]  # the fold's new bias
+    formats = ["--formats", str(out / "formats.json")]
+    assert CliRunner().invoke(cli, ["evaluate", *common, *formats]).exit_code == 0
+    refused = CliRunner().invoke(cli, ["evaluate", *common, *formats, "--fold-bn", "off"])
+    assert refused.exit_code == 2
+    assert "not in the model c:B" in refused.output and "used --fold-bn exact" in refused.output

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from optsearch.cli.options import UserError, data_options, model_options, offset_rule_option, schema_options
+from optsearch.core.tensors import FOLD_MODES, FoldMode
 from optsearch.model.environment import quiet_tensorflow
 from optsearch.render.report import less_than
 
@@ -61,6 +62,14 @@ def inspect(model: Path, unsafe_load: bool, activation_point: str) -> None:
 )
 @schema_options(["confidence"])
 @click.option(
+    "--fold-bn",
+    "fold_bn",
+    type=click.Choice(FOLD_MODES),
+    default=None,
+    help="Fold BatchNorm layers as `run --fold-bn` does before quantizing. Default: as the run that "
+    "wrote --formats folded them (its formats name the folded model's tensors), else off.",
+)
+@click.option(
     "--save-quantized",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
@@ -81,6 +90,7 @@ def evaluate(
     offset_rule: str,
     formats_file: Path | None,
     confidence: float,
+    fold_bn: FoldMode | None,
     save_quantized: Path | None,
 ) -> None:
     """Accuracy of MODEL in float and quantized, on the search and held-out data.
@@ -102,6 +112,7 @@ def evaluate(
         formats_file=formats_file,
         offset_rule=offset_rule,  # type: ignore[arg-type]
         activation_point=activation_point,  # type: ignore[arg-type]
+        fold_bn=fold_bn,
         unsafe_load=unsafe_load,
         batch_size=batch_size,
         confidence=confidence,

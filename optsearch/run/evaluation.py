@@ -12,11 +12,11 @@ from pathlib import Path
 from optsearch.core.confidence import DEFAULT_CONFIDENCE, accuracy_interval, loss_interval, loss_upper_bound
 from optsearch.core.costs import FLOAT_BITS, network_cost, uniform_bits
 from optsearch.core.fixedpoint import Format, OffsetRule
-from optsearch.core.tensors import ActivationPoint, TensorId
+from optsearch.core.tensors import FOLD_MODES, ActivationPoint, FoldMode, TensorId
 from optsearch.data import Dataset
 from optsearch.evaluators.keras import KerasEvaluator, activation_ranges, below_chance_warning
 from optsearch.model.graph import uniform_formats
-from optsearch.results.folder import ResultFolder, checked_formats
+from optsearch.results.folder import ResultError, ResultFolder, checked_formats
 from optsearch.run.inputs import Inputs, prepare
 from optsearch.settings import DEFAULT_BATCH_SIZE, DataSettings
 
@@ -85,6 +85,7 @@ def evaluate_formats(
     formats_file: Path | None = None,
     offset_rule: OffsetRule = "paper",
     activation_point: ActivationPoint = "activation",
+    fold_bn: FoldMode | None = None,
     unsafe_load: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     dataset: Dataset | None = None,
@@ -92,19 +93,30 @@ def evaluate_formats(
 ) -> tuple[FormatsEvaluation, Inputs]:
     """Accuracy of ``model`` in float and with the formats, on the search and held-out parts, and
     the costs against 8-bit and float32. Also returns the inputs (the quantized model is set to the
-    formats), for saving the quantized model."""
+    formats), for saving the quantized model. ``fold_bn`` None: as the run that wrote
+    ``formats_file`` folded its BatchNorms (its formats name the folded model's tensors), else off."""
+    recorded_fold = _recorded_fold(formats_file)
     inputs = prepare(
         model,
         data,
         unsafe_load=unsafe_load,
         activation_point=activation_point,
+        fold_bn=recorded_fold if fold_bn is None else fold_bn,
         dataset=dataset,
         batch_size=batch_size,
     )
     if formats_file is not None:
-        formats = checked_formats(
-            ResultFolder.at(formats_file).read_formats(), set(inputs.qmodel.tensors), str(formats_file)
-        )
+        try:
+            formats = checked_formats(
+                ResultFolder.at(formats_file).read_formats(), set(inputs.qmodel.tensors), str(formats_file)
+            )
+        except ResultError as err:
+            if fold_bn is None or fold_bn == recorded_fold:
+                raise
+            raise ResultError(
+                f"{err}; the run that wrote it used --fold-bn {recorded_fold}: leave --fold-bn out "
+                f"(or give --fold-bn {recorded_fold}) to evaluate the model it searched"
+            ) from err
         label = formats_file.name
     else:
         ranges = activation_ranges(inputs.qmodel, inputs.search, inputs.preprocess, batch_size)
@@ -140,6 +152,16 @@ def evaluate_formats(
     )
     inputs.qmodel.set_formats(formats)
     return FormatsEvaluation(label, formats, tuple(accuracies), costs), inputs
+
+
+def _recorded_fold(formats_file: Path | None) -> FoldMode:
+    """The ``--fold-bn`` of the run that wrote ``formats_file`` ("off" for uniform formats and for a
+    formats.json without settings, e.g. one edited down by hand)."""
+    if formats_file is None:
+        return "off"
+    settings = ResultFolder.at(formats_file).read_data().get("settings")
+    mode = settings.get("fold_bn", "off") if isinstance(settings, dict) else "off"
+    return next((m for m in FOLD_MODES if m == mode), "off")
 
 
 @dataclass(frozen=True)
