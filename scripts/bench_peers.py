@@ -527,8 +527,8 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
     if small:
         closest = min(small, key=lambda r: r["loss"])
         parts.append(
-            f"the lowest loss among rows with at least {WEIGHTS_TARGET:.0%} less weights memory, "
-            f"{closest['name']}'s {_pct(closest['loss'])} ({_less(closest, tflite)} less), is "
+            f"among rows with at least {WEIGHTS_TARGET:.0%} less weights memory the lowest loss is "
+            f"{_pct(closest['loss'])} ({closest['name']}, {_less(closest, tflite)} less), "
             f"{_points(closest['loss'] - tflite['loss'])} higher{_net(closest, tflite)}"
         )
     no_worse = [r for r in ours if r["loss"] <= tflite["loss"]]
@@ -715,9 +715,9 @@ def why_missed(
         lines.append(
             f"- At 8 bits, per-tensor power-of-two formats lose {_pct(ours['loss'])} "
             f"{_interval(ours['loss_interval'])}{f' ({split})' if split else ''} where TFLite's "
-            f"per-channel affine int8 loses {_pct(tflite['loss'])} {_interval(tflite['loss_interval'])}: "
-            "every search starts from formats no better than these, so its loss at a budget is at least "
-            "their loss plus what narrowing spends."
+            f"per-channel affine int8 loses {_pct(tflite['loss'])} {_interval(tflite['loss_interval'])}; "
+            "to lose no more than TFLite, per-tensor formats must keep the tensors behind that loss "
+            "wider than 8 bits, and those bits are weights memory."
         )
     for measured in per_channel:
         if Path(measured["model"]).stem != result["model"]:
