@@ -352,7 +352,7 @@ def search_rows(model: str, docs: Path, model_dir: Path = ROOT / "models") -> li
             (c for c in caches if (c / "measured.json").is_file() and (c / "formats.json").is_file()), None
         )
         if cache is None:
-            where = " or ".join(map(str, caches))
+            where = " or ".join(str(_shown(c, docs.parent)) for c in caches)
             out.append(
                 {"name": search.label, "error": f"not measured yet ({where}: {search.command(model)})"}
             )
@@ -387,6 +387,11 @@ def search_rows(model: str, docs: Path, model_dir: Path = ROOT / "models") -> li
             }
         )
     return out
+
+
+def _shown(path: Path, root: Path) -> Path:
+    """``path`` relative to ``root`` where it is under it (the page names repository paths)."""
+    return path.relative_to(root) if path.is_relative_to(root) else path
 
 
 def activation_peak(model_path: Path, folder: Path) -> int:
