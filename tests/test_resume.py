@@ -145,16 +145,17 @@ def test_killed_three_ways_then_resumed_gives_the_uninterrupted_result(job: dict
     assert again[:2] == ["optsearch", "run"] and again[-1] == "--resume"
     assert not (root / "out").exists()
 
-    # Ctrl-C (SIGINT) during the command it printed, after a random number of further evaluations.
+    # Ctrl-C (SIGINT) during the command it printed, at its first new evaluation.
     names = {line["decision"]["tensor"] for line in read_lines(work / DECISIONS_FILE)}
     decided = len(names)
     if decided < TENSORS - 1:
         # The resumed run keeps the log lines of the decided tensors only (the one in progress is
         # searched again), and at least the last two tensors (activations; zero biases are pruned
-        # without one) log an evaluation each: the target is always reached, and the final
-        # evaluations, the model and the plots still leave the signal time to land.
+        # without one) log an evaluation each: the first new line is always written, with a whole
+        # tensor's search still to come. (At the very last evaluation, the final passes, the model
+        # and the plots could finish before the signal landed: seed 870163 did on a loaded machine.)
         kept = sum(line.get("tensor") in names for line in read_lines(work / LOG_FILE))
-        target = kept + rng.randint(1, 2)
+        target = kept + 1
         inted = _interrupt([*python, *again[1:]], root, work / LOG_FILE, target, signal.SIGINT)
         assert inted.returncode == 130, (seed, inted.stderr)
         assert "interrupted after" in inted.stderr and "Traceback" not in inted.stderr
