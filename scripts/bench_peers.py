@@ -197,7 +197,7 @@ def measure(model_path: Path, data: str, data_dir: str, samples: int | None) -> 
     model = load_model(model_path)
     search_x, held_x, held_y = load_split(model, data, data_dir, samples)
     started = time.perf_counter()
-    float_pred = float_predictions(model, held_x)
+    float_pred = top1(model, held_x)
     float_seconds = time.perf_counter() - started
     # the float32 flatbuffer gives the float row's memory, counted exactly as the integer rows'
     float_memory = measure_memory(tflite_convert(model, search_x[:0], "float32"))
@@ -265,12 +265,7 @@ def emulate(
     qmodel = quantized_model(model, "activation", mode=mode or DEFAULT_MODE)
     formats = formats_of(qmodel)
     qmodel.set_formats({t: f for t, f in formats.items() if t.kind in kinds})
-    predictions = np.concatenate(
-        [
-            np.argmax(qmodel.keras_model.predict(held_x[i : i + 256], verbose=0), axis=-1)
-            for i in range(0, len(held_x), 256)
-        ]
-    )
+    predictions = top1(qmodel.keras_model, held_x)
     bits = {t: f.bw for t, f in formats.items()}
     schedule = activation_schedule(qmodel.float_model, qmodel.layers, "activation")
     peak = peak_activation_memory(schedule, buffer_bits(schedule, bits, INPUT_BITS), "packed")
@@ -324,7 +319,7 @@ def measure_parts(model_path: Path, data: str, data_dir: str, samples: int | Non
 
     model = load_model(model_path)
     search_x, held_x, held_y = load_split(model, data, data_dir, samples)
-    float_pred = float_predictions(model, held_x)
+    float_pred = top1(model, held_x)
     rows = [
         emulate(model, f"uniform 8-bit, {label}", uniform8(search_x), held_x, held_y, float_pred, kinds=kinds)
         for label, kinds in PARTS
@@ -332,7 +327,8 @@ def measure_parts(model_path: Path, data: str, data_dir: str, samples: int | Non
     return {"model": model_path.stem, "samples_limit": samples, "rows": rows}
 
 
-def float_predictions(model: Any, x: np.ndarray) -> np.ndarray:
+def top1(model: Any, x: np.ndarray) -> np.ndarray:
+    """``model``'s top-1 class of every sample of ``x`` (already preprocessed), 256 at a time."""
     return np.concatenate(
         [np.argmax(model.predict(x[i : i + 256], verbose=0), axis=-1) for i in range(0, len(x), 256)]
     )
@@ -759,8 +755,11 @@ def _layer_gaps(layers: Sequence[dict[str, Any]], top: int = 3) -> str:
     return "; ".join(said)
 
 
-def _subset(key: dict[str, Any], cached: dict[str, Any]) -> bool:
-    """Whether the cached file was made with every value of ``key``."""
+def _fresh(target: Path, key: dict[str, Any], force: bool) -> bool:
+    """Whether ``target`` holds a measurement made with every value of ``key`` (and --force is off)."""
+    if force or not target.is_file():
+        return False
+    cached = json.loads(target.read_text())
     return all(cached.get(k) == v for k, v in key.items())
 
 
@@ -783,11 +782,6 @@ def measure_searches(model: str, data: str, args: argparse.Namespace, data_dir: 
         bench_budget.measure(
             model, data, search, runs, data_dir, kept_root=kept_root, model_dir=args.model_dir
         )
-
-
-def _cached(target: Path, key: str, value: Any, force: bool) -> bool:
-    """Whether ``target`` holds a measurement made with ``key`` at ``value`` (and --force is off)."""
-    return not force and target.is_file() and json.loads(target.read_text()).get(key) == value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -839,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.render_only:
         for name in args.models:
             target = cache / f"{name}.json"
-            if _cached(target, "samples_limit", args.samples, args.force):
+            if _fresh(target, {"samples_limit": args.samples}, args.force):
                 print(f"{name}: cached ({target})")
                 continue
             data = args.data or dataset_of(name)
@@ -849,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             target.write_text(json.dumps(result, indent=2) + "\n")
         for name in args.models:
             target = cache / f"{name}-parts.json"
-            if _cached(target, "samples_limit", args.samples, args.force):
+            if _fresh(target, {"samples_limit": args.samples}, args.force):
                 continue
             data = args.data or dataset_of(name)
             print(f"{name}: uniform 8-bit, weights and activations apart", flush=True)
@@ -863,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             target = cache / f"{name}-stored.json"
             sources = stored_sources(name, args.allocation_dir, args.out)
             key = {"eps": args.stored_eps, "sources": [str(folder) for _, folder in sources]}
-            if not args.force and target.is_file() and _subset(key, json.loads(target.read_text())):
+            if _fresh(target, key, args.force):
                 print(f"{name}: stored-curve rows cached ({target})")
                 continue
             print(f"{name}: optsearch pareto at eps {args.stored_eps} from the stored curves", flush=True)
