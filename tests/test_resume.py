@@ -188,6 +188,7 @@ def test_killed_three_ways_then_resumed_gives_the_uninterrupted_result(job: dict
     # The search time counts the decisions made before the resumes, as one run's would.
     timings = json.loads((root / "out" / "formats.json").read_text())["timings"]
     assert 0 < timings["search_seconds_before_resume"] <= timings["search_seconds"]
+    assert timings["total_seconds"] >= timings["search_seconds"]
 
 
 def test_resume_refuses_other_settings_and_nothing_to_resume(job: dict[str, Any], tmp_path: Path) -> None:

@@ -62,6 +62,14 @@ def less_than(saving: float, baseline: str, spec: str = ".2%") -> str:
     return f"{abs(saving):{spec}} {'less' if saving >= 0 else 'more'} than {baseline}"
 
 
+def _total_time(result: RunResult) -> str:
+    """The run's time; a resumed run's counts the search before the resume, and says so."""
+    t = result.timings
+    before = t.get("search_seconds_before_resume")
+    resumed = f" ({before:.1f} s of it before the resume)" if before else ""
+    return f"{t['total_seconds']:.1f} s in total{resumed}"
+
+
 def _cell(layer_tensors: Mapping[str, TensorResult], kind: str, attr: str) -> str:
     t = layer_tensors.get(kind)
     if t is None:
@@ -94,7 +102,7 @@ def report_markdown(result: RunResult) -> str:
         "- allocation: "
         + ", ".join(f"{k} {v.scheme} ({v.start}, {v.end}] x eps" for k, v in s.allocation.items()),
         f"- acceptance: {s.acceptance.describe()}",
-        f"- {result.evaluations} evaluations, {result.timings['total_seconds']:.1f} s in total",
+        f"- {result.evaluations} evaluations, {_total_time(result)}",
         *_analytic_lines(result),
         *_pareto_lines(result),
         *_fold_lines(result),
@@ -515,7 +523,7 @@ def summary_lines(result: RunResult) -> list[str]:
             f"{less_than(hw8['peak_activations'], '8-bit')}"
         )
     lines += _prediction_summary(result)
-    lines.append(f"{result.evaluations} evaluations in {result.timings['total_seconds']:.1f} s")
+    lines.append(f"{result.evaluations} evaluations, {_total_time(result)}")
     causes = result.model.float_inputs or {}
     if causes:
         lines.append(

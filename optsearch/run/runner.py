@@ -683,7 +683,8 @@ def measure(
             accuracy[part] = _accuracy(evaluator, found, uniform8)
     timings["report_evaluation_seconds"] = time.perf_counter() - t0
     qmodel.set_formats(found)
-    timings["total_seconds"] = time.perf_counter() - started
+    # A resumed run's total counts the search time spent before the resume too, as search_seconds does.
+    timings["total_seconds"] = time.perf_counter() - started + (searched.seconds_before_resume or 0.0)
     return RunResult(
         model=_model_info(inputs, prepared.folding, _float_inputs(qmodel, found)),
         data=DataInfo(
